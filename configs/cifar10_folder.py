@@ -1,0 +1,15 @@
+"""CIFAR-10 from an ImageFolder tree (../shared/data unpacked to /tmp/cifar10).
+
+Holds out the last 500 images of every class for validation (45k / 5k, class-balanced).
+"""
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.dataset = 'folder'
+  config.data_dir = '/tmp/cifar10'
+  config.train_split = 'train[:-500]'
+  config.eval_split = 'train[-500:]'
+  config.shuffle_buffer = 45_000
+  return config

@@ -1,0 +1,59 @@
+"""Every field a run reads, with its default: ResNet-20 + one twin Siamese head on CIFAR-10."""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+
+  # Data. dataset: 'cifar10' | 'cifar100' (TFDS) | 'folder' (data_dir/<split>/<class>/*.jpg).
+  config.dataset = 'cifar10'
+  config.data_dir = ''  # TFDS data directory, or the ImageFolder root; '' = TFDS default.
+  config.train_split = 'train'
+  config.eval_split = 'test'  # Folder splits slice within each class: 'train[4500:]'.
+  config.num_classes = 10
+  config.image_size = 32
+  config.normalize_mean = (0.4914, 0.4822, 0.4465)  # CIFAR-10 per-channel statistics.
+  config.normalize_std = (0.2470, 0.2435, 0.2616)
+  config.cache = True  # Keep decoded training images in memory.
+  config.shuffle_buffer = 50_000
+
+  # Model. model: resnet20/32/44/56/110, resnet18, wrn16_4, wrn28_10.
+  config.model = 'resnet20'
+  config.width = 1.0  # Multiplies every channel count.
+  config.dropout_rate = 0.0  # Wide ResNets only.
+
+  # SiLa (../shared/SILA.md). enabled=False is plain cross-entropy training.
+  config.sila = ml_collections.ConfigDict()
+  config.sila.enabled = True
+  config.sila.num_heads = 1
+  config.sila.head = 'twin'  # 'twin' (the main head's architecture) | 'mlp'.
+  config.sila.attach = 'features'  # 'features' | 'stage<i>' (through an adapter).
+  config.sila.variant = 'twin'  # 'twin' | 'joint'.
+  config.sila.weight = 1.0  # lambda.
+  config.sila.kl_weight = 0.0  # beta; 0 turns head-to-head consistency off.
+  config.sila.temperature = 1.0  # T of the consistency term.
+  config.label_smoothing = 0.0  # Applies to every cross-entropy term alike.
+
+  # Optimisation.
+  config.batch_size = 128  # Global, over all devices.
+  config.num_epochs = 200
+  config.num_train_steps = -1  # -1: num_epochs of the training split.
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.learning_rate = 0.1
+  config.optimizer.momentum = 0.9
+  config.optimizer.nesterov = True
+  config.optimizer.weight_decay = 5e-4  # Kernels only.
+  config.optimizer.schedule = 'cosine'  # 'cosine' | 'step'.
+  config.optimizer.warmup_epochs = 1.0
+  config.optimizer.lr_boundaries = (0.5, 0.75)  # 'step': fractions of the run.
+  config.optimizer.lr_decay_factor = 0.1
+
+  # Running.
+  config.parallel = 'shard_map'  # 'shard_map' | 'pmap'.
+  config.eval_batch_size = 256  # Global; must divide by the device count.
+  config.log_every_steps = 100
+  config.eval_every_steps = -1  # -1: once per epoch.
+  config.checkpoint_every_steps = 1000
+  config.keep_checkpoints = 3
+  config.seed = 0
+  return config

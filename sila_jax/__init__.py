@@ -1,0 +1,1 @@
+"""SiLa (Siamese Labels Auxiliary Learning) in JAX/Flax."""

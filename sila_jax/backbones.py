@@ -1,0 +1,186 @@
+"""Backbones: CIFAR ResNets (He et al. 2016), ResNet-18 with a CIFAR stem, Wide ResNets.
+
+Every backbone maps images (B, H, W, 3) to `(features, stages)`: pooled features
+(B, D) and the output of each residual stage, a tuple of (B, H_s, W_s, C_s) maps that
+Siamese heads may attach to. All take a `width` multiplier on every channel count.
+"""
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+ModuleDef = Any
+
+# He-normal over fan-out, as in the reference ResNet implementations.
+conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+def scaled(channels: int, width: float) -> int:
+  """Channel count `channels` scaled by the width multiplier, at least 1."""
+  return max(1, int(round(channels * width)))
+
+
+def batch_norm(train: bool, axis_name: str | None) -> Callable[..., nn.Module]:
+  """BatchNorm factory; with `axis_name`, training statistics are averaged over it."""
+  return functools.partial(
+      nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
+      axis_name=axis_name if train else None)
+
+
+class CifarBlock(nn.Module):
+  """Post-activation basic block with the parameter-free shortcut ("option A")."""
+  features: int
+  strides: int
+  norm: ModuleDef
+
+  @nn.compact
+  def __call__(self, x):
+    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init)
+    y = conv(self.features, (3, 3), self.strides, padding=1)(x)
+    y = nn.relu(self.norm()(y))
+    y = conv(self.features, (3, 3), padding=1)(y)
+    y = self.norm()(y)
+    shortcut = x
+    if self.strides != 1 or x.shape[-1] != self.features:
+      # Subsample and zero-pad channels: keeps ResNet-20 at the published 0.27M.
+      shortcut = x[:, ::self.strides, ::self.strides, :]
+      extra = self.features - x.shape[-1]
+      shortcut = jnp.pad(shortcut, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+    return nn.relu(y + shortcut)
+
+
+class CifarResNet(nn.Module):
+  """CIFAR ResNet-(6n+2): three stages of n blocks at 16, 32, 64 channels."""
+  depth: int
+  width: float = 1.0
+  bn_axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    if (self.depth - 2) % 6:
+      raise ValueError(f'CIFAR ResNet depth must be 6n+2, got {self.depth}.')
+    blocks = (self.depth - 2) // 6
+    norm = batch_norm(train, self.bn_axis_name)
+    x = nn.Conv(scaled(16, self.width), (3, 3), padding=1, use_bias=False,
+                kernel_init=conv_init)(x)
+    x = nn.relu(norm()(x))
+    stages = []
+    for stage, channels in enumerate((16, 32, 64)):
+      for block in range(blocks):
+        strides = 2 if stage > 0 and block == 0 else 1
+        x = CifarBlock(scaled(channels, self.width), strides, norm)(x)
+      stages.append(x)
+    return jnp.mean(x, axis=(1, 2)), tuple(stages)
+
+
+class BasicBlock(nn.Module):
+  """ImageNet-style basic block with a 1x1 projection shortcut when shapes change."""
+  features: int
+  strides: int
+  norm: ModuleDef
+
+  @nn.compact
+  def __call__(self, x):
+    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init)
+    y = conv(self.features, (3, 3), self.strides, padding=1)(x)
+    y = nn.relu(self.norm()(y))
+    y = conv(self.features, (3, 3), padding=1)(y)
+    y = self.norm()(y)
+    shortcut = x
+    if self.strides != 1 or x.shape[-1] != self.features:
+      shortcut = self.norm()(conv(self.features, (1, 1), self.strides)(x))
+    return nn.relu(y + shortcut)
+
+
+class ResNet18(nn.Module):
+  """ResNet-18 with a CIFAR stem: one 3x3 conv, no max-pool, stages at 64-512 channels."""
+  width: float = 1.0
+  stage_sizes: Sequence[int] = (2, 2, 2, 2)
+  bn_axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    norm = batch_norm(train, self.bn_axis_name)
+    x = nn.Conv(scaled(64, self.width), (3, 3), padding=1, use_bias=False,
+                kernel_init=conv_init)(x)
+    x = nn.relu(norm()(x))
+    stages = []
+    for stage, blocks in enumerate(self.stage_sizes):
+      for block in range(blocks):
+        strides = 2 if stage > 0 and block == 0 else 1
+        x = BasicBlock(scaled(64 * 2**stage, self.width), strides, norm)(x)
+      stages.append(x)
+    return jnp.mean(x, axis=(1, 2)), tuple(stages)
+
+
+class WideBlock(nn.Module):
+  """Pre-activation wide block (Zagoruyko & Komodakis 2016) with optional dropout."""
+  features: int
+  strides: int
+  norm: ModuleDef
+  dropout_rate: float
+  train: bool
+
+  @nn.compact
+  def __call__(self, x):
+    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init)
+    pre = nn.relu(self.norm()(x))
+    y = conv(self.features, (3, 3), self.strides, padding=1)(pre)
+    y = nn.relu(self.norm()(y))
+    y = nn.Dropout(self.dropout_rate, deterministic=not self.train)(y)
+    y = conv(self.features, (3, 3), padding=1)(y)
+    shortcut = x
+    if self.strides != 1 or x.shape[-1] != self.features:
+      shortcut = conv(self.features, (1, 1), self.strides)(pre)
+    return y + shortcut
+
+
+class WideResNet(nn.Module):
+  """WRN-depth-k: three stages of (depth-4)/6 wide blocks at 16k, 32k, 64k channels."""
+  depth: int
+  widen_factor: int
+  width: float = 1.0
+  dropout_rate: float = 0.0
+  bn_axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    if (self.depth - 4) % 6:
+      raise ValueError(f'Wide ResNet depth must be 6n+4, got {self.depth}.')
+    blocks = (self.depth - 4) // 6
+    norm = batch_norm(train, self.bn_axis_name)
+    x = nn.Conv(scaled(16, self.width), (3, 3), padding=1, use_bias=False,
+                kernel_init=conv_init)(x)
+    stages = []
+    for stage, channels in enumerate((16, 32, 64)):
+      for block in range(blocks):
+        strides = 2 if stage > 0 and block == 0 else 1
+        x = WideBlock(scaled(channels * self.widen_factor, self.width), strides, norm,
+                      self.dropout_rate, train)(x)
+      stages.append(x)
+    x = nn.relu(norm()(x))
+    return jnp.mean(x, axis=(1, 2)), tuple(stages)
+
+
+BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    'resnet20': functools.partial(CifarResNet, depth=20),
+    'resnet32': functools.partial(CifarResNet, depth=32),
+    'resnet44': functools.partial(CifarResNet, depth=44),
+    'resnet56': functools.partial(CifarResNet, depth=56),
+    'resnet110': functools.partial(CifarResNet, depth=110),
+    'resnet18': ResNet18,
+    'wrn16_4': functools.partial(WideResNet, depth=16, widen_factor=4),
+    'wrn28_10': functools.partial(WideResNet, depth=28, widen_factor=10),
+}
+
+
+def create_backbone(name: str, *, width: float = 1.0, dropout_rate: float = 0.0,
+                    bn_axis_name: str | None = None) -> nn.Module:
+  """Backbone `name` from BACKBONES; dropout applies to Wide ResNets only."""
+  if name not in BACKBONES:
+    raise ValueError(f'Unknown model {name!r}; choose one of {sorted(BACKBONES)}.')
+  kwargs = dict(width=width, bn_axis_name=bn_axis_name)
+  if name.startswith('wrn'):
+    kwargs['dropout_rate'] = dropout_rate
+  return BACKBONES[name](**kwargs)

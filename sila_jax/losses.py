@@ -1,0 +1,75 @@
+"""SiLa losses as ../shared/SILA.md defines them (`twin`, `joint`, head-to-head KL).
+
+Shapes: logits (B, C), Siamese logits (K, B, C), integer labels (B,).
+"""
+import jax
+import jax.numpy as jnp
+import optax
+
+VARIANTS = ('twin', 'joint')
+
+
+def smooth_labels(labels: jax.Array, num_classes: int, smoothing: float) -> jax.Array:
+  """Integer labels (B,) -> smoothed one-hot targets (B, C)."""
+  one_hot = jax.nn.one_hot(labels, num_classes)
+  return one_hot * (1.0 - smoothing) + smoothing / num_classes
+
+
+def kl_divergence(target_logits: jax.Array, logits: jax.Array, temperature: float) -> jax.Array:
+  """T^2 * KL(stop_gradient(p_target) || p) with p = softmax(logits / T): (..., C) -> (...)."""
+  target_log_p = jax.nn.log_softmax(jax.lax.stop_gradient(target_logits) / temperature)
+  log_p = jax.nn.log_softmax(logits / temperature)
+  return temperature**2 * jnp.sum(jnp.exp(target_log_p) * (target_log_p - log_p), axis=-1)
+
+
+def twin_loss(logits, siamese_logits, targets, weight):
+  """CE(z, y) + weight * sum_k CE(z'_k, y): per-example losses (B,)."""
+  main = optax.softmax_cross_entropy(logits, targets)
+  return main + weight * jnp.sum(optax.softmax_cross_entropy(siamese_logits, targets), axis=0)
+
+
+def joint_loss(logits, siamese_logits, targets, weight):
+  """One softmax over [z, z'_1, ..., z'_K] ((K+1) C classes): per-example losses (B,).
+
+  The target puts mass 1/(1 + weight K) on the main copy of y and weight/(1 + weight K)
+  on each Siamese copy; weight = 1, K = 1 is SILA.md's [y, y] / 2.
+  """
+  num_heads = siamese_logits.shape[0]
+  joint_logits = jnp.concatenate([logits, *siamese_logits], axis=-1)
+  copy_weights = [1.0] + [weight] * num_heads
+  joint_targets = jnp.concatenate([w * targets for w in copy_weights], axis=-1)
+  return optax.softmax_cross_entropy(joint_logits, joint_targets / sum(copy_weights))
+
+
+def sila_loss(logits, siamese_logits, labels, *, variant='twin', weight=1.0, kl_weight=0.0,
+              temperature=1.0, label_smoothing=0.0):
+  """Mean SiLa loss over the batch and its parts.
+
+  Args:
+    logits: main-head logits (B, C).
+    siamese_logits: Siamese-head logits (K, B, C), or None for plain training.
+    labels: integer labels (B,).
+  Returns:
+    (loss, metrics): a scalar, and a dict of scalars: `loss_main` (main-head CE),
+    and with Siamese heads `loss_siamese` (mean CE over heads) and `loss_kl`.
+  """
+  targets = smooth_labels(labels, logits.shape[-1], label_smoothing)
+  main = optax.softmax_cross_entropy(logits, targets)
+  if siamese_logits is None:
+    loss = jnp.mean(main)
+    return loss, {'loss': loss, 'loss_main': loss}
+  if variant == 'twin':
+    per_example = twin_loss(logits, siamese_logits, targets, weight)
+  elif variant == 'joint':
+    per_example = joint_loss(logits, siamese_logits, targets, weight)
+  else:
+    raise ValueError(f'Unknown sila.variant {variant!r}; choose one of {VARIANTS}.')
+  kl = jnp.sum(kl_divergence(siamese_logits, logits[None], temperature)
+               + kl_divergence(logits[None], siamese_logits, temperature), axis=0)
+  loss = jnp.mean(per_example + kl_weight * kl)
+  return loss, {
+      'loss': loss,
+      'loss_main': jnp.mean(main),
+      'loss_siamese': jnp.mean(optax.softmax_cross_entropy(siamese_logits, targets)),
+      'loss_kl': jnp.mean(kl),
+  }

@@ -1,0 +1,43 @@
+"""SGD with momentum / Nesterov, weight decay on kernels only, cosine or step schedules."""
+import jax
+import ml_collections
+import optax
+
+SCHEDULES = ('cosine', 'step')
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, num_train_steps: int,
+                           steps_per_epoch: int) -> optax.Schedule:
+  """Linear warm-up over `warmup_epochs`, then cosine decay to 0 or step decay.
+
+  Step decay multiplies the rate by `lr_decay_factor` at each of `lr_boundaries`,
+  given as fractions of the whole run.
+  """
+  opt = config.optimizer
+  warmup_steps = min(int(opt.warmup_epochs * steps_per_epoch), num_train_steps)
+  warmup = optax.linear_schedule(0.0, opt.learning_rate, warmup_steps)
+  if opt.schedule == 'cosine':
+    decay = optax.cosine_decay_schedule(opt.learning_rate,
+                                        max(num_train_steps - warmup_steps, 1))
+  elif opt.schedule == 'step':
+    boundaries = {int(b * num_train_steps) - warmup_steps: opt.lr_decay_factor
+                  for b in opt.lr_boundaries}
+    decay = optax.piecewise_constant_schedule(opt.learning_rate, boundaries)
+  else:
+    raise ValueError(f'Unknown optimizer.schedule {opt.schedule!r}; choose one of {SCHEDULES}.')
+  return optax.join_schedules([warmup, decay], [warmup_steps])
+
+
+def is_kernel(params) -> dict:
+  """Mask tree: True for convolution and dense kernels, False for biases and BN scales."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: getattr(path[-1], 'key', None) == 'kernel', params)
+
+
+def create_optimizer(config: ml_collections.ConfigDict,
+                     schedule: optax.Schedule) -> optax.GradientTransformation:
+  """SGD with (Nesterov) momentum; L2 weight decay added to kernel gradients only."""
+  opt = config.optimizer
+  return optax.chain(
+      optax.add_decayed_weights(opt.weight_decay, mask=is_kernel),
+      optax.sgd(schedule, momentum=opt.momentum or None, nesterov=opt.nesterov))

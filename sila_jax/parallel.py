@@ -1,0 +1,76 @@
+"""Two thin data-parallel wrappers around the one per-device train step.
+
+`shard_map` (default): the step runs under `jax.shard_map` inside `jax.jit`; state is a
+replicated global array, the batch is split along the `data` mesh axis.
+`pmap` (older TPU runtimes): the same step under `jax.pmap`; state carries a leading
+device axis. Both give the same numbers.
+"""
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from sila_jax.train_step import AXIS
+
+KINDS = ('shard_map', 'pmap')
+
+
+class ShardMapParallel:
+  """Per-device step under jax.shard_map + jax.jit over a 1-D `data` mesh."""
+
+  def __init__(self, step_fn: Callable, devices: Sequence[jax.Device]):
+    self.mesh = Mesh(np.asarray(devices), (AXIS,))
+    self.replicated = NamedSharding(self.mesh, P())
+    self.sharded = NamedSharding(self.mesh, P(AXIS))
+    self.train_step = jax.jit(
+        jax.shard_map(step_fn, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P())),
+        donate_argnums=0)
+
+  def put_state(self, state: Any) -> Any:
+    return jax.device_put(state, self.replicated)
+
+  def unreplicate(self, tree: Any) -> Any:
+    """One copy of a replicated output (state or metrics) as global arrays."""
+    return tree
+
+  def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """This process's batch (b, ...) -> a global batch split along `data`."""
+    return shard_batch(batch, self.sharded)
+
+
+class PmapParallel:
+  """Per-device step under jax.pmap; state replicated with a leading device axis."""
+
+  def __init__(self, step_fn: Callable, devices: Sequence[jax.Device]):
+    self.devices = list(devices)
+    self.mesh = Mesh(np.asarray(devices), (AXIS,))
+    self.train_step = jax.pmap(step_fn, axis_name=AXIS, devices=self.devices, donate_argnums=0)
+
+  def put_state(self, state: Any) -> Any:
+    return jax.device_put_replicated(state, self.devices)
+
+  def unreplicate(self, tree: Any) -> Any:
+    return jax.tree_util.tree_map(lambda x: x[0], tree)
+
+  def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """(b, ...) -> (devices, b / devices, ...) placed one slice per device."""
+    n = len(self.devices)
+    return jax.tree_util.tree_map(
+        lambda x: jax.device_put_sharded(list(x.reshape(n, -1, *x.shape[1:])), self.devices),
+        batch)
+
+
+def shard_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+  """Assembles each process's local batch into global arrays laid out by `sharding`."""
+  return jax.tree_util.tree_map(
+      lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def create_parallel(kind: str, step_fn: Callable, devices: Sequence[jax.Device]):
+  """The wrapper named by `config.parallel` around `step_fn`."""
+  if kind == 'shard_map':
+    return ShardMapParallel(step_fn, devices)
+  if kind == 'pmap':
+    return PmapParallel(step_fn, devices)
+  raise ValueError(f'Unknown parallel {kind!r}; choose one of {KINDS}.')

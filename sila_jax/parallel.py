@@ -23,12 +23,17 @@ class ShardMapParallel:
     self.mesh = Mesh(np.asarray(devices), (AXIS,))
     self.replicated = NamedSharding(self.mesh, P())
     self.sharded = NamedSharding(self.mesh, P(AXIS))
+    # check_vma=False gives the step pmap's semantics: gradients of the replicated
+    # parameters stay per-device until the step's own pmean (with it, autodiff would
+    # already sum them over devices).
     self.train_step = jax.jit(
-        jax.shard_map(step_fn, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P())),
+        jax.shard_map(step_fn, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=(P(), P()),
+                      check_vma=False),
         donate_argnums=0)
 
   def put_state(self, state: Any) -> Any:
-    return jax.device_put(state, self.replicated)
+    """A replicated copy of `state`; the step donates it, so never alias the caller's."""
+    return jax.device_put(jax.device_get(state), self.replicated)
 
   def unreplicate(self, tree: Any) -> Any:
     """One copy of a replicated output (state or metrics) as global arrays."""
@@ -40,24 +45,27 @@ class ShardMapParallel:
 
 
 class PmapParallel:
-  """Per-device step under jax.pmap; state replicated with a leading device axis."""
+  """Per-device step under jax.pmap; state and batch carry a leading device axis."""
 
   def __init__(self, step_fn: Callable, devices: Sequence[jax.Device]):
-    self.devices = list(devices)
+    self.num_devices = len(devices)
     self.mesh = Mesh(np.asarray(devices), (AXIS,))
-    self.train_step = jax.pmap(step_fn, axis_name=AXIS, devices=self.devices, donate_argnums=0)
+    self.stacked = NamedSharding(self.mesh, P(AXIS))
+    self.train_step = jax.pmap(step_fn, axis_name=AXIS, devices=list(devices), donate_argnums=0)
 
   def put_state(self, state: Any) -> Any:
-    return jax.device_put_replicated(state, self.devices)
+    """`state` copied onto every device: leaves (devices, ...)."""
+    return jax.tree_util.tree_map(
+        lambda x: jax.device_put(np.broadcast_to(x, (self.num_devices, *np.shape(x))),
+                                 self.stacked), jax.device_get(state))
 
   def unreplicate(self, tree: Any) -> Any:
     return jax.tree_util.tree_map(lambda x: x[0], tree)
 
   def put_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    """(b, ...) -> (devices, b / devices, ...) placed one slice per device."""
-    n = len(self.devices)
+    """(b, ...) -> (devices, b / devices, ...), one slice per device."""
     return jax.tree_util.tree_map(
-        lambda x: jax.device_put_sharded(list(x.reshape(n, -1, *x.shape[1:])), self.devices),
+        lambda x: jax.device_put(x.reshape(self.num_devices, -1, *x.shape[1:]), self.stacked),
         batch)
 
 

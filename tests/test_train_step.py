@@ -1,0 +1,119 @@
+"""The per-device step: plain training bit for bit, and 1 vs 8 devices under both wrappers."""
+import functools
+
+import chex
+import jax
+import numpy as np
+import optax
+import pytest
+
+from sila_jax import model as model_lib
+from sila_jax import optimizer as optimizer_lib
+from sila_jax import parallel as parallel_lib
+from sila_jax import train_step as train_step_lib
+
+
+def setup(config):
+  """(model, tx, schedule, initial state) for `config`, as train_and_evaluate builds them."""
+  model = model_lib.create_model(config, bn_axis_name=train_step_lib.AXIS)
+  schedule = optimizer_lib.learning_rate_schedule(config, 10, 5)
+  tx = optimizer_lib.create_optimizer(config, schedule)
+  state = train_step_lib.create_train_state(model, tx, jax.random.PRNGKey(0), (32, 32, 3))
+  return model, tx, schedule, state
+
+
+def batches(num, size=16, seed=0):
+  rng = np.random.default_rng(seed)
+  return [{'image': rng.normal(size=(size, 32, 32, 3)).astype(np.float32),
+           'label': rng.integers(0, 10, size).astype(np.int32)} for _ in range(num)]
+
+
+def run(parallel, state, data):
+  """Applies the wrapped step to each batch; returns the final state and the metrics."""
+  device_state, history = parallel.put_state(state), []
+  for batch in data:
+    device_state, metrics = parallel.train_step(device_state, parallel.put_batch(batch))
+    history.append(parallel.unreplicate(metrics))
+  return jax.device_get(parallel.unreplicate(device_state)), jax.device_get(history)
+
+
+def plain_cross_entropy(logits, siamese_logits, labels):
+  """The reference loss of a model that never had Siamese heads."""
+  assert siamese_logits is None
+  loss = optax.softmax_cross_entropy(logits, jax.nn.one_hot(labels, logits.shape[-1])).mean()
+  return loss, {'loss': loss}
+
+
+def test_sila_off_equals_plain_cross_entropy_bit_for_bit(tiny_config):
+  tiny_config.sila.enabled = False
+  model, tx, schedule, state = setup(tiny_config)
+  assert set(state.params) == {'backbone', 'head'}
+  devices = jax.devices()[:1]
+  ours = parallel_lib.ShardMapParallel(
+      train_step_lib.make_train_step(model, tx, schedule, tiny_config), devices)
+  reference = parallel_lib.ShardMapParallel(functools.partial(
+      train_step_lib.train_step, model=model, tx=tx, loss_fn=plain_cross_entropy,
+      schedule=schedule), devices)
+  data = batches(2)
+  ours_state, ours_metrics = run(ours, state, data)
+  ref_state, ref_metrics = run(reference, state, data)
+  chex.assert_trees_all_equal(ours_state, ref_state)
+  assert [m['loss'] for m in ours_metrics] == [m['loss'] for m in ref_metrics]
+
+
+def one_and_eight_devices(config, kind, num_steps):
+  """Final states and metrics of the same steps on 1 and on 8 devices, and the start."""
+  config.sila.update(num_heads=2, attach='stage2', kl_weight=0.5)
+  model, tx, schedule, state = setup(config)
+  step_fn = train_step_lib.make_train_step(model, tx, schedule, config)
+  data = batches(num_steps)
+  one = run(parallel_lib.create_parallel(kind, step_fn, jax.devices()[:1]), state, data)
+  eight = run(parallel_lib.create_parallel(kind, step_fn, jax.devices()[:8]), state, data)
+  return one, eight, state
+
+
+@pytest.mark.parametrize('kind', parallel_lib.KINDS)
+def test_eight_devices_match_one(tiny_config, kind):
+  (one_state, one_metrics), (eight_state, eight_metrics), start = one_and_eight_devices(
+      tiny_config, kind, num_steps=1)
+  assert int(eight_state.step) == 1
+  chex.assert_trees_all_close(eight_state, one_state, rtol=1e-4, atol=1e-5)
+  chex.assert_trees_all_close(eight_metrics, one_metrics, rtol=1e-4, atol=1e-5)
+  # The step really moved the parameters, so the agreement above means something.
+  moved = jax.tree_util.tree_map(lambda a, b: np.abs(a - b).max(), one_state.params, start.params)
+  assert max(jax.tree_util.tree_leaves(moved)) > 1e-3
+
+
+def test_eight_devices_match_one_over_two_steps(tiny_config):
+  (one_state, one_metrics), (eight_state, eight_metrics), _ = one_and_eight_devices(
+      tiny_config, 'shard_map', num_steps=2)
+  assert int(eight_state.step) == 2
+  chex.assert_trees_all_close(eight_state, one_state, rtol=1e-4, atol=1e-5)
+  chex.assert_trees_all_close(eight_metrics, one_metrics, rtol=1e-4, atol=1e-5)
+
+
+def test_shard_map_and_pmap_agree(tiny_config):
+  model, tx, schedule, state = setup(tiny_config)
+  step_fn = train_step_lib.make_train_step(model, tx, schedule, tiny_config)
+  data = batches(1)
+  shard_state, _ = run(parallel_lib.ShardMapParallel(step_fn, jax.devices()[:8]), state, data)
+  pmap_state, _ = run(parallel_lib.PmapParallel(step_fn, jax.devices()[:8]), state, data)
+  chex.assert_trees_all_close(shard_state, pmap_state, rtol=1e-5, atol=1e-6)
+
+
+def test_weight_decay_touches_kernels_only(tiny_config):
+  _, _, _, state = setup(tiny_config)
+  mask = optimizer_lib.is_kernel(state.params)
+  assert mask['head']['Dense_0']['kernel'] and not mask['head']['Dense_0']['bias']
+  bn = mask['backbone']['BatchNorm_0']
+  assert not bn['scale'] and not bn['bias']
+
+
+@pytest.mark.parametrize('schedule', optimizer_lib.SCHEDULES)
+def test_schedules_warm_up_then_decay(tiny_config, schedule):
+  tiny_config.optimizer.update(schedule=schedule, warmup_epochs=2.0, learning_rate=0.4)
+  lr = optimizer_lib.learning_rate_schedule(tiny_config, num_train_steps=100, steps_per_epoch=10)
+  np.testing.assert_allclose([lr(0), lr(10), lr(20)], [0.0, 0.2, 0.4], rtol=1e-6)
+  assert lr(99) < 0.01
+  if schedule == 'step':
+    np.testing.assert_allclose([lr(49), lr(51), lr(76)], [0.4, 0.04, 0.004], rtol=1e-5)

@@ -4,6 +4,7 @@ from absl import flags
 from ml_collections import config_flags
 import tensorflow as tf
 
+from sila_jax import checkpoint
 from sila_jax import evaluate
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Configuration file.',
@@ -17,6 +18,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   tf.config.set_visible_devices([], 'GPU')
+  checkpoint.quiet_orbax_logs()
   result = evaluate.evaluate_workdir(_CONFIG.value, _WORKDIR.value, _SPLIT.value)
   print(f"{result['split']}: accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  "
         f"examples {result['num_examples']}  parameters {result['num_params']}  "

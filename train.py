@@ -4,6 +4,7 @@ from absl import flags
 from ml_collections import config_flags
 import tensorflow as tf
 
+from sila_jax import checkpoint
 from sila_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Configuration file.',
@@ -16,6 +17,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   tf.config.set_visible_devices([], 'GPU')  # The input pipeline must leave accelerators to JAX.
+  checkpoint.quiet_orbax_logs()
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

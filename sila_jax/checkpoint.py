@@ -1,12 +1,20 @@
 """Orbax checkpoints of the whole TrainState; main-branch-only restore for evaluation."""
+import logging
 import os
 from typing import Any
 
+from absl import logging as absl_logging
 import flax
 import jax
 import orbax.checkpoint as ocp
 
 from sila_jax import model as model_lib
+
+
+def quiet_orbax_logs() -> None:
+  """Drops orbax's INFO lines (several per save) from the absl log; warnings stay."""
+  absl_logging.get_absl_handler().addFilter(
+      lambda record: record.levelno >= logging.WARNING or '/orbax/' not in record.pathname)
 
 
 def create_manager(workdir: str, keep: int) -> ocp.CheckpointManager:

@@ -1,0 +1,122 @@
+"""train_and_evaluate and evaluation end to end: TFDS under mock_data, and the CLIs."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+import tensorflow_datasets as tfds
+
+from sila_jax import checkpoint
+from sila_jax import evaluate
+from sila_jax import model as model_lib
+from sila_jax import optimizer as optimizer_lib
+from sila_jax import train
+from sila_jax import train_step as train_step_lib
+from tests.test_input_pipeline import make_folder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def plain_param_count(config):
+  plain = config.copy_and_resolve_references()
+  plain.sila.enabled = False
+  model = model_lib.create_model(plain)
+  variables = jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), jax.numpy.zeros((1, 32, 32, 3)), train=False))
+  return model_lib.count_params(variables['params'])
+
+
+@pytest.fixture
+def trained(tiny_config, tmp_path):
+  """A 3-step SiLa run (2 Siamese heads, stage attachment) on mock CIFAR-10."""
+  tiny_config.sila.update(num_heads=2, attach='stage2')
+  workdir = str(tmp_path / 'run')
+  with tfds.testing.mock_data(num_examples=40):
+    result = train.train_and_evaluate(tiny_config, workdir)
+  return tiny_config, workdir, result
+
+
+def test_training_logs_checkpoints_and_validates(trained):
+  config, workdir, result = trained
+  assert result['step'] == 3
+  assert {'loss', 'loss_main', 'loss_siamese', 'accuracy', 'learning_rate',
+          'images_per_sec'} <= set(result['train'])
+  assert result['val']['num_examples'] == 40  # Every mock test example, once.
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '3']
+  records = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
+  assert [r['step'] for r in records if 'loss' in r] == [1, 2, 3]
+
+
+def test_eval_uses_the_plain_models_parameters(trained):
+  config, workdir, result = trained
+  with tfds.testing.mock_data(num_examples=40):
+    evaluated = evaluate.evaluate_workdir(config, workdir)
+  saved = json.load(open(os.path.join(workdir, 'eval_test.json')))
+  assert saved == evaluated
+  assert saved['num_params'] == plain_param_count(config)
+  assert saved['num_examples'] == 40 and saved['step'] == 3
+  assert saved['accuracy'] == pytest.approx(result['val']['accuracy'])
+  assert saved['loss'] == pytest.approx(result['val']['loss'], rel=1e-5)
+
+
+def test_eval_is_the_same_without_siamese_parameters_in_the_checkpoint(trained, tmp_path):
+  config, workdir, _ = trained
+  schedule = optimizer_lib.learning_rate_schedule(config, 3, 2)
+  template = train_step_lib.create_train_state(
+      model_lib.create_model(config), optimizer_lib.create_optimizer(config, schedule),
+      jax.random.PRNGKey(0), (32, 32, 3))
+  state = checkpoint.restore_latest(checkpoint.create_manager(workdir, 3), template)
+  assert 'siamese_heads' in state.params
+  stripped_dir = str(tmp_path / 'stripped')
+  stripped = checkpoint.create_manager(stripped_dir, 3)
+  variables = model_lib.main_branch({'params': state.params, 'batch_stats': state.batch_stats})
+  stripped.save(3, args=checkpoint.ocp.args.PyTreeSave(variables))
+  stripped.wait_until_finished()
+  with tfds.testing.mock_data(num_examples=40):
+    full = evaluate.evaluate_workdir(config, workdir)
+    main_only = evaluate.evaluate_workdir(config, stripped_dir)
+  assert full == main_only
+
+
+def test_rerun_resumes_from_the_latest_checkpoint(trained):
+  config, workdir, _ = trained
+  config.num_train_steps = 4
+  with tfds.testing.mock_data(num_examples=40):
+    result = train.train_and_evaluate(config, workdir)
+  assert result['step'] == 4
+  records = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
+  assert [r['step'] for r in records if 'loss' in r] == [1, 2, 3, 4]
+
+
+def test_label_count_must_match_the_dataset(tiny_config, tmp_path):
+  tiny_config.num_classes = 100
+  with tfds.testing.mock_data(num_examples=40):
+    with pytest.raises(ValueError, match='num_classes=100 but cifar10 has 10'):
+      train.train_and_evaluate(tiny_config, str(tmp_path))
+
+
+def test_command_line_train_then_eval(tmp_path):
+  data_dir = make_folder(tmp_path / 'data', per_class=6)
+  workdir = str(tmp_path / 'run')
+  overrides = [f'--config.data_dir={data_dir}', '--config.num_classes=3',
+               "--config.train_split=train[:-2]", "--config.eval_split=train[-2:]",
+               '--config.width=0.25', '--config.batch_size=8', '--config.eval_batch_size=8',
+               '--config.num_train_steps=2', '--config.log_every_steps=1']
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+
+  def run(script, *args):
+    return subprocess.run([sys.executable, script, '--config=configs/cifar10_folder.py',
+                           f'--workdir={workdir}', *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+  trained = run('train.py', *overrides)
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  assert 'val accuracy' in trained.stderr
+  evaluated = run('eval.py', *overrides)
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  assert 'examples 6' in evaluated.stdout
+  saved = json.load(open(os.path.join(workdir, 'eval_train_-2.json')))
+  assert saved['num_examples'] == 6 and saved['step'] == 2
+  assert 0.0 <= saved['accuracy'] <= 1.0

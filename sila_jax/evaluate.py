@@ -43,6 +43,8 @@ def evaluate(eval_step, variables: dict[str, Any], batches: Iterable[dict[str, A
   for batch in batches:
     sums = eval_step(variables, parallel.shard_batch(batch, sharding))
     totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
+  if totals is None:
+    raise ValueError('The evaluation split is empty.')
   totals = jax.device_get(totals)
   count = int(totals['count'])
   return {'accuracy': float(totals['correct']) / count, 'loss': float(totals['loss']) / count,

@@ -124,9 +124,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       val_metrics = run_eval(step)
       tick = time.perf_counter()  # Keep evaluation out of the throughput figure.
 
-  if start_step >= num_train_steps:
-    logging.info('Run already complete at step %d.', start_step)
   manager.wait_until_finished()
   if start_step >= num_train_steps:
+    logging.info('Run already complete at step %d.', start_step)
     val_metrics = run_eval(start_step)
   return {'step': max(start_step, num_train_steps), 'train': train_metrics, 'val': val_metrics}

@@ -28,11 +28,17 @@ def batch_norm(train: bool, axis_name: str | None) -> Callable[..., nn.Module]:
       axis_name=axis_name if train else None)
 
 
-class CifarBlock(nn.Module):
-  """Post-activation basic block with the parameter-free shortcut ("option A")."""
+class BasicBlock(nn.Module):
+  """Post-activation basic block (two 3x3 convs) of He et al. 2016.
+
+  When the shape changes, the shortcut is the CIFAR ResNets' parameter-free "option A"
+  (subsample, zero-pad channels: keeps ResNet-20 at the published 0.27M) or, with
+  `projection`, a 1x1 conv + BatchNorm as in ImageNet ResNets.
+  """
   features: int
   strides: int
   norm: ModuleDef
+  projection: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -43,10 +49,12 @@ class CifarBlock(nn.Module):
     y = self.norm()(y)
     shortcut = x
     if self.strides != 1 or x.shape[-1] != self.features:
-      # Subsample and zero-pad channels: keeps ResNet-20 at the published 0.27M.
-      shortcut = x[:, ::self.strides, ::self.strides, :]
-      extra = self.features - x.shape[-1]
-      shortcut = jnp.pad(shortcut, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+      if self.projection:
+        shortcut = self.norm()(conv(self.features, (1, 1), self.strides)(x))
+      else:
+        shortcut = x[:, ::self.strides, ::self.strides, :]
+        extra = self.features - x.shape[-1]
+        shortcut = jnp.pad(shortcut, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
     return nn.relu(y + shortcut)
 
 
@@ -69,28 +77,9 @@ class CifarResNet(nn.Module):
     for stage, channels in enumerate((16, 32, 64)):
       for block in range(blocks):
         strides = 2 if stage > 0 and block == 0 else 1
-        x = CifarBlock(scaled(channels, self.width), strides, norm)(x)
+        x = BasicBlock(scaled(channels, self.width), strides, norm)(x)
       stages.append(x)
     return jnp.mean(x, axis=(1, 2)), tuple(stages)
-
-
-class BasicBlock(nn.Module):
-  """ImageNet-style basic block with a 1x1 projection shortcut when shapes change."""
-  features: int
-  strides: int
-  norm: ModuleDef
-
-  @nn.compact
-  def __call__(self, x):
-    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init)
-    y = conv(self.features, (3, 3), self.strides, padding=1)(x)
-    y = nn.relu(self.norm()(y))
-    y = conv(self.features, (3, 3), padding=1)(y)
-    y = self.norm()(y)
-    shortcut = x
-    if self.strides != 1 or x.shape[-1] != self.features:
-      shortcut = self.norm()(conv(self.features, (1, 1), self.strides)(x))
-    return nn.relu(y + shortcut)
 
 
 class ResNet18(nn.Module):
@@ -109,7 +98,7 @@ class ResNet18(nn.Module):
     for stage, blocks in enumerate(self.stage_sizes):
       for block in range(blocks):
         strides = 2 if stage > 0 and block == 0 else 1
-        x = BasicBlock(scaled(64 * 2**stage, self.width), strides, norm)(x)
+        x = BasicBlock(scaled(64 * 2**stage, self.width), strides, norm, projection=True)(x)
       stages.append(x)
     return jnp.mean(x, axis=(1, 2)), tuple(stages)
 

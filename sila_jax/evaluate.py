@@ -65,10 +65,9 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str,
   """
   split = split or config.eval_split
   model = model_lib.create_model(config, main_branch_only=True)
-  shape = (1, config.image_size, config.image_size, 3)
-  abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape), train=False))
   step, variables = checkpoint.restore_main_branch(
-      checkpoint.create_manager(workdir, config.keep_checkpoints), dict(abstract))
+      checkpoint.create_manager(workdir, config.keep_checkpoints),
+      model_lib.abstract_variables(model, config.image_size))
   data = input_pipeline.load_split(config, split, drop_remainder=False)
   local_batch = config.eval_batch_size // jax.process_count()
   mesh = Mesh(np.asarray(jax.devices()), (AXIS,))

@@ -8,6 +8,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from sila_jax import backbones
@@ -50,6 +51,12 @@ def create_model(config: ml_collections.ConfigDict, *, main_branch_only: bool = 
       siamese_head=config.sila.head,
       attach=config.sila.attach,
       bn_axis_name=bn_axis_name)
+
+
+def abstract_variables(model: nn.Module, image_size: int) -> dict[str, Any]:
+  """{'params', 'batch_stats'} of `model` as jax.ShapeDtypeStruct leaves; computes nothing."""
+  images = jnp.zeros((1, image_size, image_size, 3))
+  return dict(jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), images, train=False)))
 
 
 def main_branch(variables: dict[str, Any]) -> dict[str, Any]:

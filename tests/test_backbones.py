@@ -21,9 +21,7 @@ LAYOUT = {
 
 
 def backbone_params(name, width=1.0):
-  backbone = backbones.create_backbone(name, width=width)
-  variables = jax.eval_shape(
-      lambda: backbone.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False))
+  variables = model_lib.abstract_variables(backbones.create_backbone(name, width=width), 32)
   return model_lib.count_params(variables['params'])
 
 

@@ -22,9 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def plain_param_count(config):
   plain = config.copy_and_resolve_references()
   plain.sila.enabled = False
-  model = model_lib.create_model(plain)
-  variables = jax.eval_shape(
-      lambda: model.init(jax.random.PRNGKey(0), jax.numpy.zeros((1, 32, 32, 3)), train=False))
+  variables = model_lib.abstract_variables(model_lib.create_model(plain), plain.image_size)
   return model_lib.count_params(variables['params'])
 
 

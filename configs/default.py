@@ -16,6 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.normalize_std = (0.2470, 0.2435, 0.2616)
   config.cache = True  # Keep decoded training images in memory.
   config.shuffle_buffer = 50_000
+  config.check_images = True  # Folder datasets: decode every image once before training.
 
   # Model. model: resnet20/32/44/56/110, resnet18, wrn16_4, wrn28_10.
   config.model = 'resnet20'
@@ -54,6 +55,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 100
   config.eval_every_steps = -1  # -1: once per epoch.
   config.checkpoint_every_steps = 1000
-  config.keep_checkpoints = 3
+  config.keep_checkpoints = 3  # The newest ones; <workdir>/best holds the best one besides.
   config.seed = 0
   return config

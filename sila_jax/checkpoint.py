@@ -1,4 +1,13 @@
-"""Orbax checkpoints of the whole TrainState; main-branch-only restore for evaluation."""
+"""Checkpoints: atomic orbax writes, verified reads, the newest few and the best kept.
+
+<workdir>/checkpoints/<step> holds the newest `config.keep_checkpoints` steps and
+<workdir>/best/<step> the one with the best validation accuracy. Each has two items:
+'state' (the whole TrainState, as host arrays) and 'meta' (the run's config, a SHA-256
+digest of every array, the validation accuracy if any). Orbax writes a checkpoint into a
+temporary directory and renames it when complete, so a write cut off never looks like a
+checkpoint; the digests catch files damaged afterwards.
+"""
+import hashlib
 import logging
 import os
 from typing import Any
@@ -6,9 +15,20 @@ from typing import Any
 from absl import logging as absl_logging
 import flax
 import jax
+import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from sila_jax import model as model_lib
+from sila_jax.errors import CheckpointError
+
+LATEST, BEST = 'latest', 'best'
+DIRECTORIES = {LATEST: 'checkpoints', BEST: 'best'}  # Under the workdir.
+CORRUPT = 'corrupt_checkpoints'  # Where training moves checkpoints it cannot read.
+# Fields that fix the shapes of the main branch, and of everything training restores.
+MAIN_BRANCH_FIELDS = ('model', 'width', 'num_classes')
+TRAINING_FIELDS = MAIN_BRANCH_FIELDS + ('sila.enabled', 'sila.num_heads', 'sila.head',
+                                        'sila.attach')
 
 
 def quiet_orbax_logs() -> None:
@@ -17,44 +37,181 @@ def quiet_orbax_logs() -> None:
       lambda record: record.levelno >= logging.WARNING or '/orbax/' not in record.pathname)
 
 
-def create_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
-  """Manager over <workdir>/checkpoints keeping the `keep` newest steps."""
+def create_manager(workdir: str, which: str = LATEST, keep: int = 1) -> ocp.CheckpointManager:
+  """Manager over <workdir>/checkpoints (which=LATEST) or <workdir>/best, keeping `keep` steps."""
   return ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), 'checkpoints'),
-      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+      os.path.join(os.path.abspath(workdir), DIRECTORIES[which]),
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           cleanup_tmp_directories=True))
 
 
-def save(manager: ocp.CheckpointManager, state: Any) -> None:
-  """Saves `state` (a TrainState of global arrays) under its step; asynchronous."""
-  manager.save(int(state.step), args=ocp.args.PyTreeSave(flax.serialization.to_state_dict(state)))
+def _host(x: Any) -> np.ndarray:
+  """One copy of a (replicated) array on the host."""
+  return np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x)
 
 
-def restore_latest(manager: ocp.CheckpointManager, template: Any) -> Any | None:
-  """The latest checkpoint restored into `template`'s structure, or None if there is none."""
-  step = manager.latest_step()
-  if step is None:
-    return None
-  target = flax.serialization.to_state_dict(template)
-  restored = manager.restore(step, args=ocp.args.PyTreeRestore(
-      target, restore_args=ocp.checkpoint_utils.construct_restore_args(target)))
-  return flax.serialization.from_state_dict(template, restored)
+def _digests(tree: dict[str, Any]) -> dict[str, str]:
+  """{'params/backbone/.../kernel': sha256 of dtype, shape and bytes} for every array."""
+  flat = flax.traverse_util.flatten_dict(tree, sep='/')
+  return {path: hashlib.sha256(f'{x.dtype}{x.shape}'.encode() + x.tobytes()).hexdigest()
+          for path, x in flat.items()}
 
 
-def restore_main_branch(manager: ocp.CheckpointManager,
-                        abstract_variables: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+def _config_value(config: dict[str, Any], path: str) -> Any:
+  for key in path.split('.'):
+    config = config[key]
+  return config
+
+
+def save(manager: ocp.CheckpointManager, state: Any, config: ml_collections.ConfigDict,
+         val_accuracy: float | None = None) -> None:
+  """Saves `state` (a TrainState) under its step; the write finishes in the background."""
+  tree = jax.tree_util.tree_map(_host, flax.serialization.to_state_dict(state))
+  meta = {'config': config.to_dict(), 'digests': _digests(tree), 'val_accuracy': val_accuracy}
+  manager.save(int(tree['step']), args=ocp.args.Composite(
+      state=ocp.args.PyTreeSave(tree), meta=ocp.args.JsonSave(_json_safe(meta))))
+
+
+def _json_safe(tree: Any) -> Any:
+  """Tuples to lists, so the config survives JSON."""
+  if isinstance(tree, dict):
+    return {k: _json_safe(v) for k, v in tree.items()}
+  if isinstance(tree, (tuple, list)):
+    return [_json_safe(v) for v in tree]
+  return tree
+
+
+def read_meta(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  """The 'meta' item of `step`."""
+  return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+
+
+def check_model(meta: dict[str, Any], config: ml_collections.ConfigDict,
+                fields: tuple[str, ...], where: str) -> None:
+  """Raises CheckpointError if the checkpoint's model differs from `config`'s in `fields`."""
+  saved = meta['config']
+  wanted = config.to_dict()
+  differ = [f'{f}={_config_value(saved, f)!r} (config: {_config_value(wanted, f)!r})'
+            for f in fields if _config_value(saved, f) != _config_value(wanted, f)]
+  if differ:
+    raise CheckpointError(f'The checkpoint in {where} was written for another model: '
+                          f"{', '.join(differ)}.")
+
+
+def restore(manager: ocp.CheckpointManager, step: int, target: dict[str, Any],
+            meta: dict[str, Any]) -> dict[str, Any]:
+  """Reads the arrays of `target` (a subtree of the saved state) and checks their digests.
+
+  Raises:
+    CheckpointError: a file is missing, truncated or does not match its digest.
+  """
+  restore_args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                                        target)
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        target, restore_args=restore_args, partial_restore=True)))['state']
+  except Exception as e:  # Orbax and tensorstore raise many types for a damaged file.
+    raise CheckpointError(f'unreadable ({type(e).__name__}: {_first_line(e)})') from e
+  digests = _digests(restored)
+  bad = [path for path, digest in digests.items() if meta['digests'].get(path) != digest]
+  if bad:
+    raise CheckpointError(f'{len(bad)} array(s) do not match their digest, e.g. {bad[0]}')
+  return restored
+
+
+def _first_line(e: Exception) -> str:
+  return (str(e).strip().splitlines() or [''])[0][:300]
+
+
+def restore_newest_readable(manager: ocp.CheckpointManager, abstract_state: Any,
+                            config: ml_collections.ConfigDict) -> Any | None:
+  """The newest checkpoint that reads back intact, as a state like `abstract_state`.
+
+  Checkpoints that cannot be read are moved to <workdir>/corrupt_checkpoints (nothing is
+  deleted) and the next older one is tried. Returns None if there is no checkpoint.
+
+  Raises:
+    CheckpointError: a checkpoint was written for another model.
+  """
+  directory = str(manager.directory)
+  target = flax.serialization.to_state_dict(abstract_state)
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      meta = read_meta(manager, step)
+    except Exception as e:  # A damaged or missing meta item.
+      problem = f'unreadable metadata ({type(e).__name__}: {_first_line(e)})'
+    else:
+      check_model(meta, config, TRAINING_FIELDS, directory)
+      try:
+        restored = restore(manager, step, target, meta)
+        return flax.serialization.from_state_dict(abstract_state, restored)
+      except CheckpointError as e:
+        problem = str(e)
+    moved = _move_aside(directory, step)
+    absl_logging.warning('Checkpoint at step %d is corrupt: %s. Moved it to %s; trying the '
+                         'previous one.', step, problem, moved)
+    manager.reload()
+  return None
+
+
+def _move_aside(directory: str, step: int) -> str:
+  corrupt = os.path.join(os.path.dirname(directory), CORRUPT)
+  os.makedirs(corrupt, exist_ok=True)
+  destination = os.path.join(corrupt, f'{os.path.basename(directory)}_{step}')
+  suffix = 0
+  while os.path.exists(destination + (f'_{suffix}' if suffix else '')):
+    suffix += 1
+  destination += f'_{suffix}' if suffix else ''
+  os.rename(os.path.join(directory, str(step)), destination)
+  return destination
+
+
+def restore_main_branch(manager: ocp.CheckpointManager, abstract_variables: dict[str, Any],
+                        config: ml_collections.ConfigDict) -> tuple[int, dict[str, Any]]:
   """Reads only {backbone, head} parameters and BatchNorm statistics of the latest step.
 
   Args:
-    abstract_variables: {'params', 'batch_stats'} of the plain model, as
-      jax.ShapeDtypeStruct leaves; the checkpoint must match them.
+    abstract_variables: {'params', 'batch_stats'} of the plain model as
+      jax.ShapeDtypeStruct leaves.
   Returns:
     (step, variables) ready for `model.apply`. Siamese heads, if saved, are not read.
+  Raises:
+    CheckpointError: no checkpoint, a corrupt one, or one written for another model.
   """
   step = manager.latest_step()
   if step is None:
-    raise FileNotFoundError(f'No checkpoint in {manager.directory}.')
-  target = model_lib.main_branch(abstract_variables)
-  restored = manager.restore(step, args=ocp.args.PyTreeRestore(
-      target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-      partial_restore=True))
-  return step, jax.tree_util.tree_map(jax.numpy.asarray, restored)
+    raise CheckpointError(f'No checkpoint in {manager.directory}.')
+  try:
+    meta = read_meta(manager, step)
+  except Exception as e:
+    raise CheckpointError(f'The checkpoint at step {step} in {manager.directory} is corrupt: '
+                          f'unreadable metadata ({_first_line(e)}).') from e
+  check_model(meta, config, MAIN_BRANCH_FIELDS, str(manager.directory))
+  try:
+    variables = restore(manager, step, model_lib.main_branch(abstract_variables), meta)
+  except CheckpointError as e:
+    raise CheckpointError(f'The checkpoint at step {step} in {manager.directory} is corrupt: '
+                          f'{e}.') from e
+  return step, variables
+
+
+def best_accuracy(manager: ocp.CheckpointManager) -> float:
+  """Validation accuracy of the checkpoint in `manager` (the best one), or -inf if none."""
+  step = manager.latest_step()
+  if step is None:
+    return -np.inf
+  try:
+    return read_meta(manager, step)['val_accuracy']
+  except Exception as e:  # A damaged best checkpoint is replaced by the next best.
+    absl_logging.warning('Best checkpoint at step %d is unreadable (%s); it will be replaced.',
+                         step, _first_line(e))
+    return -np.inf
+
+
+def save_best(manager: ocp.CheckpointManager, state: Any, config: ml_collections.ConfigDict,
+              val_accuracy: float) -> None:
+  """Replaces the best checkpoint with `state`; a newer one (from before a resume) goes."""
+  for step in manager.all_steps():
+    if step >= int(_host(state.step)):
+      manager.delete(step)
+  save(manager, state, config, val_accuracy)

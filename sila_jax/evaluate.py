@@ -12,9 +12,12 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from sila_jax import checkpoint
+from sila_jax import config_checks
+from sila_jax import export as export_lib
 from sila_jax import input_pipeline
 from sila_jax import model as model_lib
 from sila_jax import parallel
+from sila_jax.errors import DataError
 from sila_jax.train_step import AXIS
 
 
@@ -51,30 +54,66 @@ def evaluate(eval_step, variables: dict[str, Any], batches: Iterable[dict[str, A
           'num_examples': count}
 
 
-def split_filename(split: str) -> str:
+def split_filename(split: str, prefix: str = 'eval') -> str:
   """'train[-500:]' -> 'eval_train_-500.json'."""
-  return 'eval_' + re.sub(r'[^\w.-]+', '_', split).strip('_') + '.json'
+  return prefix + '_' + re.sub(r'[^\w.-]+', '_', split).strip('_') + '.json'
 
 
-def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str,
-                     split: str | None = None) -> dict[str, Any]:
-  """Evaluates the latest checkpoint in `workdir` on `split` (default config.eval_split).
-
-  Builds the plain model (no Siamese heads), restores only its parameters and writes
-  <workdir>/eval_<split>.json with accuracy, loss, num_examples, num_params and step.
-  """
-  split = split or config.eval_split
-  model = model_lib.create_model(config, main_branch_only=True)
-  step, variables = checkpoint.restore_main_branch(
-      checkpoint.create_manager(workdir, config.keep_checkpoints),
-      model_lib.abstract_variables(model, config.image_size))
+def evaluate_variables(config: ml_collections.ConfigDict, model: model_lib.SilaClassifier,
+                       variables: dict[str, Any], split: str) -> dict[str, Any]:
+  """Accuracy, loss and example count of `model` with `variables` on `split` of the data."""
   data = input_pipeline.load_split(config, split, drop_remainder=False)
+  if data.num_classes != config.num_classes:
+    raise DataError(f'The model has {config.num_classes} classes but split {split!r} of '
+                    f'{config.dataset} has {data.num_classes}.')
   local_batch = config.eval_batch_size // jax.process_count()
   mesh = Mesh(np.asarray(jax.devices()), (AXIS,))
   result = evaluate(make_eval_step(model), variables,
                     input_pipeline.eval_batches(data, config, local_batch), mesh)
-  result.update(split=split, step=step, num_params=model_lib.count_params(variables['params']))
+  result.update(split=split, num_params=model_lib.count_params(variables['params']))
+  return result
+
+
+def _write(result: dict[str, Any], path: str) -> None:
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, split_filename(split)), 'w') as f:
+    with open(path, 'w') as f:
       json.dump(result, f, indent=2)
+
+
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, split: str | None = None,
+                     which: str = checkpoint.LATEST) -> dict[str, Any]:
+  """Evaluates `workdir`'s latest (or, which='best', best) checkpoint on `split`.
+
+  Builds the plain model (no Siamese heads), restores only its parameters and writes
+  <workdir>/eval_<split>.json (best: best_<split>.json) with accuracy, loss,
+  num_examples, num_params and step. `split` defaults to config.eval_split.
+  """
+  config_checks.check_config(config, jax.device_count())
+  split = split or config.eval_split
+  model = model_lib.create_model(config, main_branch_only=True)
+  step, variables = checkpoint.restore_main_branch(
+      checkpoint.create_manager(workdir, which),
+      model_lib.abstract_variables(model, config.image_size), config)
+  result = {**evaluate_variables(config, model, variables, split), 'step': step}
+  _write(result, os.path.join(workdir, split_filename(
+      split, 'best' if which == checkpoint.BEST else 'eval')))
+  return result
+
+
+def evaluate_export(config: ml_collections.ConfigDict, export_dir: str,
+                    split: str | None = None) -> dict[str, Any]:
+  """Evaluates an export on `split` of `config`'s data; the model comes from the export.
+
+  Writes <export_dir>/eval_<split>.json like `evaluate_workdir`.
+  """
+  config_checks.check_config(config, jax.device_count())
+  split = split or config.eval_split
+  model_config, variables = export_lib.load_export(export_dir)
+  data_config = config.copy_and_resolve_references()
+  data_config.update({k: model_config[k] for k in export_lib.MODEL_FIELDS})
+  model = model_lib.create_model(model_config, main_branch_only=True)
+  result = evaluate_variables(data_config, model, variables, split)
+  with open(os.path.join(export_dir, export_lib.DESCRIPTION)) as f:
+    result['step'] = json.load(f)['step']
+  _write(result, os.path.join(export_dir, split_filename(split)))
   return result

@@ -15,6 +15,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from sila_jax.errors import DataError
+
 DATASETS = ('cifar10', 'cifar100', 'folder')
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 PAD = 4  # Pixels of zero padding before the random crop (the standard CIFAR recipe).
@@ -34,12 +36,19 @@ def load_split(config: ml_collections.ConfigDict, split: str, *, drop_remainder:
     return _load_folder_split(config, split, drop_remainder)
   if config.dataset in DATASETS:
     return _load_tfds_split(config, split, drop_remainder)
-  raise ValueError(f'Unknown dataset {config.dataset!r}; choose one of {DATASETS}.')
+  raise DataError(f'Unknown dataset {config.dataset!r}; choose one of {DATASETS}.')
 
 
 def _load_tfds_split(config, split, drop_remainder) -> Split:
+  if config.data_dir and not tf.io.gfile.isdir(config.data_dir):
+    raise DataError(f'data_dir {config.data_dir!r} does not exist; create it, or leave it empty '
+                    'for the TFDS default.')
   builder = tfds.builder(config.dataset, data_dir=config.data_dir or None)
-  builder.download_and_prepare()
+  try:
+    builder.download_and_prepare()
+  except Exception as e:  # Network, disk or permission: TFDS's own types vary.
+    raise DataError(f'Could not download and prepare {config.dataset} in {builder.data_dir}: '
+                    f'{str(e).splitlines()[0] if str(e) else type(e).__name__}') from e
   ds = builder.as_dataset(split=tfds.split_for_jax_process(split, drop_remainder=drop_remainder),
                           shuffle_files=False)
   ds = ds.map(lambda ex: {'image': ex['image'], 'label': ex['label']})
@@ -57,7 +66,7 @@ def parse_folder_split(split: str) -> tuple[str, slice]:
   """
   match = _FOLDER_SPLIT.match(split)
   if not match:
-    raise ValueError(f"Folder split must look like 'train' or 'train[start:stop]', got {split!r}.")
+    raise DataError(f"Folder split must look like 'train' or 'train[start:stop]', got {split!r}.")
   name, start, stop = match.groups()
   return name, slice(int(start) if start else None, int(stop) if stop else None)
 
@@ -70,18 +79,21 @@ def _count_images(directory: str) -> int:
 
 def _load_folder_split(config, split, drop_remainder) -> Split:
   if not config.data_dir or not tf.io.gfile.isdir(config.data_dir):
-    raise FileNotFoundError(f'data_dir {config.data_dir!r} is not a directory; the folder '
-                            'dataset needs <data_dir>/<split>/<class>/<image>.')
-  builder = tfds.folder_dataset.ImageFolder(config.data_dir)
+    raise DataError(f'data_dir {config.data_dir!r} is not a directory; the folder dataset '
+                    'needs <data_dir>/<split>/<class>/<image>.')
   name, per_class = parse_folder_split(split)
+  builder = tfds.folder_dataset.ImageFolder(config.data_dir)
   if name not in builder.info.splits:
-    raise ValueError(f'No split {name!r} in {config.data_dir}; found {list(builder.info.splits)}.')
+    raise DataError(f'No split {name!r} in data_dir {config.data_dir!r} (found '
+                    f'{sorted(builder.info.splits) or "no <split>/<class>/<image> files"}).')
   class_names = builder.info.features['label'].names
   ranges = [range(_count_images(os.path.join(config.data_dir, name, c)))[per_class]
             for c in class_names]
   starts = tf.constant([r.start for r in ranges], tf.int64)
   stops = tf.constant([r.stop for r in ranges], tf.int64)
   num_examples = sum(len(r) for r in ranges)
+  if not num_examples:
+    raise DataError(f'Split {split!r} of data_dir {config.data_dir!r} holds no images.')
 
   def index_within_class(seen, example):
     label = example['label']
@@ -103,11 +115,33 @@ def _load_folder_split(config, split, drop_remainder) -> Split:
   ds = ds.scan(tf.zeros(len(class_names), tf.int64), index_within_class).filter(in_slice)
   ds = ds.shard(jax.process_count(), jax.process_index())
   share = len(range(jax.process_index(), num_examples, jax.process_count()))
+  if config.check_images:
+    _check_images_decode(ds, share, split, config.data_dir)
   if drop_remainder:
     share = num_examples // jax.process_count()
     ds = ds.take(share)
   ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
   return Split(ds, share, len(class_names))
+
+
+def _decodes(example, index) -> tuple[tf.Tensor, tf.Tensor]:
+  del index
+  image = tf.io.decode_image(example['image'], channels=3, expand_animations=False)
+  return tf.shape(image)[0], example['image/filename']
+
+
+def _check_images_decode(ds: tf.data.Dataset, num_examples: int, split: str,
+                         data_dir: str) -> None:
+  """Decodes every image once; raises DataError naming the files that do not decode."""
+  readable = ds.map(_decodes, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+  if int(readable.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1)) == num_examples:
+    return
+  good = {name for _, name in readable.as_numpy_iterator()}
+  bad = [name.decode() for name in ds.map(lambda ex, i: ex['image/filename']).as_numpy_iterator()
+         if name not in good]
+  raise DataError(f'{len(bad)} unreadable image(s) in split {split!r} of {data_dir}: '
+                  f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} "
+                  '(fix or remove them, or set check_images=False to skip this check).')
 
 
 def normalize(image: tf.Tensor, config: ml_collections.ConfigDict) -> tf.Tensor:
@@ -134,20 +168,32 @@ def train_batches(split: Split, config: ml_collections.ConfigDict, batch_size: i
                   seed: int, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
   """Endless augmented batches {'image': (b, H, W, 3) f32, 'label': (b,) i32}, b = batch_size.
 
-  The stream is a function of `seed` alone; `start_step` skips the batches already seen.
+  Epoch e visits the split in an order drawn from (seed, e), and the n-th example of the
+  stream is augmented with the seed (seed, n); so the stream is a function of `seed` alone
+  and resuming at `start_step` starts directly at its epoch and index within it.
   """
-  ds = split.dataset.cache() if config.cache else split.dataset
-  ds = ds.shuffle(min(config.shuffle_buffer, split.num_examples), seed=seed,
-                  reshuffle_each_iteration=True).repeat()
-  ds = ds.enumerate().skip(start_step * batch_size)
+  examples = split.dataset.cache() if config.cache else split.dataset
+  n = split.num_examples
+  start_epoch, start_index = data_position(start_step, batch_size, n)
+
+  def epoch(e):
+    order = examples.shuffle(min(config.shuffle_buffer, n), seed=seed * 1_000_003 + e,
+                             reshuffle_each_iteration=False)
+    return order.enumerate(start=e * n)
 
   def prepare(index, example):
     image = augment(example['image'], tf.stack([tf.constant(seed, tf.int64), index]))
     return {'image': normalize(image, config), 'label': tf.cast(example['label'], tf.int32)}
 
-  ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max).flat_map(epoch)
+  ds = ds.skip(start_index).map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
   ds = _deterministic(ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
   return ds.as_numpy_iterator()
+
+
+def data_position(step: int, batch_size: int, num_examples: int) -> tuple[int, int]:
+  """(epoch, index within it) of the first example after `step` batches of `batch_size`."""
+  return divmod(step * batch_size, num_examples)
 
 
 def eval_batches(split: Split, config: ml_collections.ConfigDict,

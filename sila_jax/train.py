@@ -1,76 +1,154 @@
 """`train_and_evaluate`: the whole run, top to bottom, in headed sections."""
+import contextlib
 import json
 import os
+import signal
+import threading
 import time
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 
 from sila_jax import checkpoint
+from sila_jax import config_checks
 from sila_jax import evaluate as evaluate_lib
 from sila_jax import input_pipeline
 from sila_jax import model as model_lib
 from sila_jax import optimizer as optimizer_lib
 from sila_jax import parallel as parallel_lib
 from sila_jax import train_step as train_step_lib
+from sila_jax.errors import DataError, NonFiniteLossError
+
+METRICS = 'metrics.jsonl'
 
 
-def _check_batch_sizes(config: ml_collections.ConfigDict, num_devices: int) -> None:
-  for field in ('batch_size', 'eval_batch_size'):
-    size = config[field]
-    if size <= 0 or size % num_devices:
-      raise ValueError(f'{field}={size} must be a positive multiple of the {num_devices} devices.')
+def _read_metrics(workdir: str) -> list[dict[str, Any]]:
+  path = os.path.join(workdir, METRICS)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
 
 
 def _write_metrics(workdir: str, record: dict[str, Any]) -> None:
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
+    with open(os.path.join(workdir, METRICS), 'a') as f:
       f.write(json.dumps(record) + '\n')
+
+
+def _drop_metrics_after(workdir: str, step: int) -> None:
+  """Forgets records of steps a resumed run will redo (they were lost with the process)."""
+  records = _read_metrics(workdir)
+  if jax.process_index() == 0 and any(r['step'] > step for r in records):
+    path = os.path.join(workdir, METRICS)
+    with open(path + '.tmp', 'w') as f:
+      f.writelines(json.dumps(r) + '\n' for r in records if r['step'] <= step)
+    os.replace(path + '.tmp', path)
+
+
+def _last_metrics(workdir: str) -> tuple[dict[str, Any], dict[str, Any]]:
+  """The last (train, val) metrics recorded in <workdir>/metrics.jsonl."""
+  train, val = {}, {}
+  for record in _read_metrics(workdir):
+    if 'loss' in record:
+      train = {k: v for k, v in record.items() if k != 'step'}
+    if 'val_accuracy' in record:
+      val = {k[len('val_'):]: v for k, v in record.items() if k.startswith('val_')}
+  return train, val
+
+
+@contextlib.contextmanager
+def _sigterm_flag() -> Iterator[Callable[[], bool]]:
+  """Yields a function telling whether SIGTERM arrived; the handler only sets a flag."""
+  received = threading.Event()
+  if threading.current_thread() is not threading.main_thread():
+    yield received.is_set  # Signals reach the main thread only.
+    return
+  previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.set())
+  try:
+    yield received.is_set
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
+def _check_finite(pending: list[tuple[int, Any]], state: Any) -> None:
+  """Raises NonFiniteLossError at the first pending step whose loss is not finite."""
+  for step, loss in zip([s for s, _ in pending], jax.device_get([m['loss'] for _, m in pending])):
+    if not np.isfinite(loss):
+      raise NonFiniteLossError(f'Loss is {float(loss)} at step {step}; stopping. The last '
+                               'checkpoint, written before it, is intact.')
+  if not _all_finite((state.params, state.batch_stats)):
+    raise NonFiniteLossError(f'Parameters are not finite after step {int(state.step)}; '
+                             'stopping. The last checkpoint, written before it, is intact.')
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains the model `config` describes, checkpointing into and logging to `workdir`.
 
-  Resumes from the latest checkpoint in `workdir` if there is one.
-  Returns the last training and validation metrics.
+  Resumes from the newest readable checkpoint in `workdir`, exactly where it stopped.
+  SIGTERM saves a checkpoint and returns. Every mistake in the config, the data or an
+  existing checkpoint raises a UserError before anything is compiled.
+  Returns {'status': 'trained' | 'preempted' | 'complete', 'step', 'train', 'val'}.
   """
-  os.makedirs(workdir, exist_ok=True)
-
-  # Devices: shard_map spans every device of every process; pmap this process's.
+  # Devices and config: shard_map spans every device of every process; pmap this process's.
   devices = jax.devices() if config.parallel == 'shard_map' else jax.local_devices()
-  _check_batch_sizes(config, len(devices))
+  config_checks.check_config(config, len(devices))
+  os.makedirs(workdir, exist_ok=True)
   local_batch = config.batch_size // jax.process_count()
 
   # Input.
   train_data = input_pipeline.load_split(config, config.train_split, drop_remainder=True)
   eval_data = input_pipeline.load_split(config, config.eval_split, drop_remainder=False)
   if train_data.num_classes != config.num_classes:
-    raise ValueError(f'num_classes={config.num_classes} but {config.dataset} has '
-                     f'{train_data.num_classes} classes.')
+    raise DataError(f'num_classes={config.num_classes} but {config.dataset} has '
+                    f'{train_data.num_classes} classes.')
   steps_per_epoch = train_data.num_examples * jax.process_count() // config.batch_size
+  if not steps_per_epoch:
+    raise DataError(f'The training split has {train_data.num_examples} examples, fewer than '
+                    f'one batch of {config.batch_size}.')
   num_train_steps = (config.num_train_steps if config.num_train_steps > 0
                      else config.num_epochs * steps_per_epoch)
   eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
 
-  # Model, optimizer, state.
+  # Model, optimizer, state: the newest readable checkpoint, or a fresh start.
   model = model_lib.create_model(config, bn_axis_name=train_step_lib.AXIS)
   schedule = optimizer_lib.learning_rate_schedule(config, num_train_steps, steps_per_epoch)
   tx = optimizer_lib.create_optimizer(config, schedule)
   image_shape = (config.image_size, config.image_size, 3)
-  state = train_step_lib.create_train_state(model, tx, jax.random.PRNGKey(config.seed), image_shape)
+
+  def initial_state():
+    return train_step_lib.create_train_state(model, tx, jax.random.PRNGKey(config.seed),
+                                             image_shape)
+
+  manager = checkpoint.create_manager(workdir, checkpoint.LATEST, config.keep_checkpoints)
+  best_manager = checkpoint.create_manager(workdir, checkpoint.BEST)
+  state = checkpoint.restore_newest_readable(manager, jax.eval_shape(initial_state), config)
+  start_step = 0 if state is None else int(state.step)
+  if start_step >= num_train_steps:
+    logging.info('The run in %s is already complete (step %d of %d); nothing to do.',
+                 workdir, start_step, num_train_steps)
+    train_metrics, val_metrics = _last_metrics(workdir)
+    return {'status': 'complete', 'step': start_step, 'train': train_metrics, 'val': val_metrics}
+  if state is None:
+    state = initial_state()
+  else:
+    epoch, index = input_pipeline.data_position(start_step, local_batch, train_data.num_examples)
+    logging.info('Resuming at step %d: epoch %d, example %d of %d.', start_step, epoch, index,
+                 train_data.num_examples)
+  _drop_metrics_after(workdir, start_step)
+  best_accuracy = checkpoint.best_accuracy(best_manager)
   logging.info('Parameters: %d in training, %d at test time.',
                model_lib.count_params(state.params),
                model_lib.count_params(model_lib.main_branch({'params': state.params})['params']))
-
-  # Checkpoint: resume where a previous run of this workdir stopped.
-  manager = checkpoint.create_manager(workdir, config.keep_checkpoints)
-  state = checkpoint.restore_latest(manager, state) or state
-  start_step = int(state.step)
-  if start_step:
-    logging.info('Resumed from the checkpoint at step %d.', start_step)
 
   # Parallel update step.
   parallel = parallel_lib.create_parallel(
@@ -93,39 +171,56 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     _write_metrics(workdir, {'step': step, **{f'val_{k}': v for k, v in metrics.items()}})
     return metrics
 
-  # Training loop.
+  # Training loop. Checkpoints are written only after the loss and parameters are checked.
   batches = input_pipeline.train_batches(train_data, config, local_batch,
                                          seed=config.seed + jax.process_index(),
                                          start_step=start_step)
   logging.info('Training steps %d..%d (%d per epoch), global batch %d on %d devices.',
                start_step, num_train_steps, steps_per_epoch, config.batch_size, len(devices))
-  train_metrics, pending, tick = {}, [], time.perf_counter()
-  for step in range(start_step + 1, num_train_steps + 1):
-    batch = next(batches)
-    if batch['label'].max() >= config.num_classes or batch['label'].min() < 0:
-      raise ValueError(f'Label out of range [0, {config.num_classes}) in the batch of step {step}.')
-    device_state, metrics = parallel.train_step(device_state, parallel.put_batch(batch))
-    pending.append(metrics)
+  status, train_metrics, val_metrics = 'trained', {}, {}
+  pending, tick = [], time.perf_counter()
+  try:
+    with _sigterm_flag() as sigterm_received:
+      for step in range(start_step + 1, num_train_steps + 1):
+        batch = next(batches)
+        if batch['label'].max() >= config.num_classes or batch['label'].min() < 0:
+          raise DataError(f'Label out of range [0, {config.num_classes}) in the batch of step '
+                          f'{step}.')
+        device_state, metrics = parallel.train_step(device_state, parallel.put_batch(batch))
+        pending.append((step, parallel.unreplicate(metrics)))
+        preempted = sigterm_received()
 
-    if step % config.log_every_steps == 0 or step == num_train_steps:
-      fetched = jax.device_get([parallel.unreplicate(m) for m in pending])
-      train_metrics = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-      if not np.isfinite(train_metrics['loss']):
-        raise FloatingPointError(f'Loss is {train_metrics["loss"]} at step {step}; stopping.')
-      elapsed, tick = time.perf_counter() - tick, time.perf_counter()
-      train_metrics['images_per_sec'] = len(pending) * config.batch_size / elapsed
-      pending = []
-      logging.info('step %d  %s', step, '  '.join(f'{k} {v:.4g}' for k, v in train_metrics.items()))
-      _write_metrics(workdir, {'step': step, **train_metrics})
+        if step % config.log_every_steps == 0 or step == num_train_steps or preempted:
+          _check_finite(pending, parallel.unreplicate(device_state))
+          fetched = jax.device_get([m for _, m in pending])
+          train_metrics = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+          elapsed, tick = time.perf_counter() - tick, time.perf_counter()
+          train_metrics['images_per_sec'] = len(pending) * config.batch_size / elapsed
+          pending = []
+          logging.info('step %d  %s', step,
+                       '  '.join(f'{k} {v:.4g}' for k, v in train_metrics.items()))
+          _write_metrics(workdir, {'step': step, **train_metrics})
 
-    if step % config.checkpoint_every_steps == 0 or step == num_train_steps:
-      checkpoint.save(manager, parallel.unreplicate(device_state))
-    if step % eval_every == 0 or step == num_train_steps:
-      val_metrics = run_eval(step)
-      tick = time.perf_counter()  # Keep evaluation out of the throughput figure.
-
-  manager.wait_until_finished()
-  if start_step >= num_train_steps:
-    logging.info('Run already complete at step %d.', start_step)
-    val_metrics = run_eval(start_step)
-  return {'step': max(start_step, num_train_steps), 'train': train_metrics, 'val': val_metrics}
+        if step % config.checkpoint_every_steps == 0 or step == num_train_steps or preempted:
+          current = parallel.unreplicate(device_state)
+          _check_finite(pending, current)
+          checkpoint.save(manager, current, config)
+        if preempted:
+          status = 'preempted'
+          manager.wait_until_finished()
+          logging.warning('SIGTERM: saved a checkpoint at step %d in %s and stopped. Run the '
+                          'same command to resume.', step, manager.directory)
+          break
+        if step % eval_every == 0 or step == num_train_steps:
+          val_metrics = run_eval(step)
+          if val_metrics['accuracy'] > best_accuracy:
+            best_accuracy = val_metrics['accuracy']
+            current = parallel.unreplicate(device_state)
+            _check_finite(pending, current)
+            checkpoint.save_best(best_manager, current, config, best_accuracy)
+          tick = time.perf_counter()  # Keep evaluation out of the throughput figure.
+  finally:
+    # Whatever stops the run, checkpoints already being written are completed.
+    manager.wait_until_finished()
+    best_manager.wait_until_finished()
+  return {'status': status, 'step': step, 'train': train_metrics, 'val': val_metrics}

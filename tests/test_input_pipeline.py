@@ -9,6 +9,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from sila_jax import input_pipeline
+from sila_jax.errors import DataError
 
 CLASSES = ('cat', 'dog', 'ship')
 
@@ -54,6 +55,20 @@ def test_tfds_train_batches_under_mock_data(tiny_config):
     chex.assert_trees_all_equal(first[2], next(resumed))
 
 
+def test_resume_starts_at_the_epoch_and_index_of_the_step(folder_config):
+  split = input_pipeline.load_split(folder_config, 'train[:-3]', drop_remainder=True)
+  assert split.num_examples == 21
+  stream = input_pipeline.train_batches(split, folder_config, 4, seed=3)
+  batches = [next(stream) for _ in range(12)]  # 48 examples: epochs 0, 1 and part of 2.
+  assert input_pipeline.data_position(7, 4, 21) == (1, 7)
+  for step in (5, 7, 10):
+    resumed = input_pipeline.train_batches(split, folder_config, 4, seed=3, start_step=step)
+    chex.assert_trees_all_equal(batches[step:], [next(resumed) for _ in range(12 - step)])
+  labels = np.concatenate([b['label'] for b in batches])
+  assert sorted(labels[:21]) == sorted(labels[21:42])  # Each epoch is the whole split...
+  assert not np.array_equal(labels[:21], labels[21:42])  # ...in a new order.
+
+
 def test_tfds_eval_sees_every_example_once(tiny_config):
   with tfds.testing.mock_data(num_examples=20):
     split = input_pipeline.load_split(tiny_config, 'test', drop_remainder=False)
@@ -97,22 +112,51 @@ def test_folder_images_are_resized(folder_config, tmp_path):
 
 def test_missing_data_dir_is_named(folder_config, tmp_path):
   folder_config.data_dir = str(tmp_path / 'nowhere')
-  with pytest.raises(FileNotFoundError, match='nowhere'):
+  with pytest.raises(DataError, match='nowhere.* is not a directory'):
     input_pipeline.load_split(folder_config, 'train', drop_remainder=True)
 
 
+def test_empty_data_dir_is_named(folder_config, tmp_path):
+  os.makedirs(tmp_path / 'empty')
+  folder_config.data_dir = str(tmp_path / 'empty')
+  with pytest.raises(DataError, match="No split 'train' in data_dir .*empty.*no <split>"):
+    input_pipeline.load_split(folder_config, 'train', drop_remainder=True)
+  os.makedirs(tmp_path / 'empty' / 'train' / 'cat')
+  with pytest.raises(DataError, match="Split 'train' of data_dir .*empty' holds no images"):
+    input_pipeline.load_split(folder_config, 'train', drop_remainder=True)
+
+
+def test_missing_tfds_data_dir_is_named(tiny_config, tmp_path):
+  tiny_config.data_dir = str(tmp_path / 'nowhere')
+  with pytest.raises(DataError, match='nowhere.* does not exist'):
+    input_pipeline.load_split(tiny_config, 'train', drop_remainder=True)
+
+
 def test_unknown_folder_split_lists_the_splits(folder_config):
-  with pytest.raises(ValueError, match=r"No split 'test'.*\['train'\]"):
+  with pytest.raises(DataError, match=r"No split 'test'.*\['train'\]"):
     input_pipeline.load_split(folder_config, 'test', drop_remainder=False)
+
+
+def test_unreadable_images_are_named_before_training(folder_config):
+  broken = os.path.join(folder_config.data_dir, 'train', 'dog', '0003.jpg')
+  with open(broken, 'r+b') as f:
+    f.truncate(100)  # A cut-off download: the JPEG header survives, the image does not.
+  with open(os.path.join(folder_config.data_dir, 'train', 'cat', '0001.jpg'), 'wb') as f:
+    f.write(b'not an image at all')
+  with pytest.raises(DataError, match=r'2 unreadable image\(s\).*(cat/0001.jpg.*dog/0003.jpg'
+                                      r'|dog/0003.jpg.*cat/0001.jpg)'):
+    input_pipeline.load_split(folder_config, 'train', drop_remainder=True)
+  folder_config.check_images = False  # The check can be turned off for huge trees.
+  input_pipeline.load_split(folder_config, 'train', drop_remainder=True)
 
 
 @pytest.mark.parametrize('split', ['train[1]', 'train[a:b]', '[:5]'])
 def test_malformed_folder_split_is_rejected(split):
-  with pytest.raises(ValueError, match='Folder split must look like'):
+  with pytest.raises(DataError, match='Folder split must look like'):
     input_pipeline.parse_folder_split(split)
 
 
 def test_unknown_dataset_names_the_choices(tiny_config):
   tiny_config.dataset = 'imagenet'
-  with pytest.raises(ValueError, match="Unknown dataset 'imagenet'"):
+  with pytest.raises(DataError, match="Unknown dataset 'imagenet'"):
     input_pipeline.load_split(tiny_config, 'train', drop_remainder=True)

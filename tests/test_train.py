@@ -4,16 +4,15 @@ import os
 import subprocess
 import sys
 
-import jax
 import pytest
 import tensorflow_datasets as tfds
 
 from sila_jax import checkpoint
 from sila_jax import evaluate
+from sila_jax import export
 from sila_jax import model as model_lib
-from sila_jax import optimizer as optimizer_lib
 from sila_jax import train
-from sila_jax import train_step as train_step_lib
+from sila_jax.errors import DataError
 from tests.test_input_pipeline import make_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,23 +58,37 @@ def test_eval_uses_the_plain_models_parameters(trained):
   assert saved['loss'] == pytest.approx(result['val']['loss'], rel=1e-5)
 
 
-def test_eval_is_the_same_without_siamese_parameters_in_the_checkpoint(trained, tmp_path):
+def test_export_holds_the_plain_model_and_evaluates_like_the_checkpoint(trained, tmp_path):
   config, workdir, _ = trained
-  schedule = optimizer_lib.learning_rate_schedule(config, 3, 2)
-  template = train_step_lib.create_train_state(
-      model_lib.create_model(config), optimizer_lib.create_optimizer(config, schedule),
-      jax.random.PRNGKey(0), (32, 32, 3))
-  state = checkpoint.restore_latest(checkpoint.create_manager(workdir, 3), template)
-  assert 'siamese_heads' in state.params
-  stripped_dir = str(tmp_path / 'stripped')
-  stripped = checkpoint.create_manager(stripped_dir, 3)
-  variables = model_lib.main_branch({'params': state.params, 'batch_stats': state.batch_stats})
-  stripped.save(3, args=checkpoint.ocp.args.PyTreeSave(variables))
-  stripped.wait_until_finished()
+  export_dir = str(tmp_path / 'export')
+  description = export.export(config, workdir, export_dir)
+  assert sorted(os.listdir(export_dir)) == ['model.json', 'variables.msgpack']
+  model_config, variables = export.load_export(export_dir)
+  assert set(variables) == {'params', 'batch_stats'}
+  assert set(variables['params']) == {'backbone', 'head'}  # No Siamese heads, no optimizer.
+  assert description['num_params'] == plain_param_count(config)
+  assert model_lib.count_params(variables['params']) == plain_param_count(config)
+  assert not model_config.sila.enabled and model_config.width == config.width
   with tfds.testing.mock_data(num_examples=40):
-    full = evaluate.evaluate_workdir(config, workdir)
-    main_only = evaluate.evaluate_workdir(config, stripped_dir)
-  assert full == main_only
+    from_checkpoint = evaluate.evaluate_workdir(config, workdir)
+    from_export = evaluate.evaluate_export(config, export_dir)
+  assert from_export == from_checkpoint
+
+
+def test_best_checkpoint_is_kept_besides_the_newest(tiny_config, tmp_path):
+  tiny_config.update(num_train_steps=6, eval_every_steps=1, checkpoint_every_steps=1,
+                     keep_checkpoints=2)
+  tiny_config.optimizer.learning_rate = 0.5  # Validation accuracy moves from step to step.
+  workdir = str(tmp_path / 'run')
+  with tfds.testing.mock_data(num_examples=40):
+    train.train_and_evaluate(tiny_config, workdir)
+    best = evaluate.evaluate_workdir(tiny_config, workdir, which=checkpoint.BEST)
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['5', '6']
+  records = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
+  accuracies = {r['step']: r['val_accuracy'] for r in records if 'val_accuracy' in r}
+  first_best = max(accuracies, key=lambda step: (accuracies[step], -step))
+  assert os.listdir(os.path.join(workdir, 'best')) == [str(first_best)]
+  assert best['step'] == first_best and best['accuracy'] == accuracies[first_best]
 
 
 def test_rerun_resumes_from_the_latest_checkpoint(trained):
@@ -91,7 +104,7 @@ def test_rerun_resumes_from_the_latest_checkpoint(trained):
 def test_label_count_must_match_the_dataset(tiny_config, tmp_path):
   tiny_config.num_classes = 100
   with tfds.testing.mock_data(num_examples=40):
-    with pytest.raises(ValueError, match='num_classes=100 but cifar10 has 10'):
+    with pytest.raises(DataError, match='num_classes=100 but cifar10 has 10'):
       train.train_and_evaluate(tiny_config, str(tmp_path))
 
 

@@ -1,0 +1,36 @@
+"""Export the main branch for inference: python export.py --config=... --workdir=/tmp/run.
+
+Writes <export_dir> (default <workdir>/export): variables.msgpack with the backbone's and
+main head's parameters and BatchNorm statistics, and model.json describing the plain model.
+"""
+from absl import flags
+from ml_collections import config_flags
+import tensorflow as tf
+
+from sila_jax import checkpoint
+from sila_jax import cli
+from sila_jax import export
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Configuration file.',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory holding the checkpoints.')
+_CHECKPOINT = flags.DEFINE_enum('checkpoint', checkpoint.LATEST,
+                                list(checkpoint.DIRECTORIES),
+                                'Which checkpoint to export: the latest or the best.')
+_EXPORT_DIR = flags.DEFINE_string('export_dir', None, 'Output directory; default '
+                                  '<workdir>/export.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  del argv
+  tf.config.set_visible_devices([], 'GPU')
+  checkpoint.quiet_orbax_logs()
+  export_dir = _EXPORT_DIR.value or f'{_WORKDIR.value}/export'
+  description = export.export(_CONFIG.value, _WORKDIR.value, export_dir, _CHECKPOINT.value)
+  print(f"Exported step {description['step']} ({description['num_params']} parameters, "
+        f'main branch only) to {export_dir}.')
+
+
+if __name__ == '__main__':
+  cli.run(main)

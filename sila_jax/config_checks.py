@@ -1,0 +1,80 @@
+"""Config validation: every field known, every value usable, before anything is compiled."""
+import difflib
+from typing import Any, Iterator
+
+import ml_collections
+
+from configs import default
+from sila_jax import backbones
+from sila_jax import heads
+from sila_jax import input_pipeline
+from sila_jax import losses
+from sila_jax import optimizer
+from sila_jax import parallel
+from sila_jax.errors import ConfigError
+
+
+def field_paths(config: ml_collections.ConfigDict, prefix: str = '') -> Iterator[str]:
+  """Dotted names of every leaf field: 'model', 'sila.weight', ..."""
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from field_paths(value, f'{prefix}{key}.')
+    else:
+      yield prefix + key
+
+
+def unknown_field_message(path: str, known: list[str]) -> str:
+  """'Unknown config field 'sila.wieght'; did you mean 'sila.weight'?'"""
+  close = difflib.get_close_matches(path, known, n=1, cutoff=0.6)
+  by_leaf = [k for k in known if k.rsplit('.', 1)[-1] == path.rsplit('.', 1)[-1]]
+  hint = close or by_leaf
+  return f"Unknown config field '{path}'" + (f"; did you mean '{hint[0]}'?" if hint else '.')
+
+
+def _value_problems(config: ml_collections.ConfigDict, num_devices: int) -> Iterator[str]:
+  choices = {'model': backbones.BACKBONES, 'dataset': input_pipeline.DATASETS,
+             'sila.variant': losses.VARIANTS, 'sila.head': heads.HEAD_TYPES,
+             'optimizer.schedule': optimizer.SCHEDULES, 'parallel': parallel.KINDS}
+  for path, allowed in choices.items():
+    value = _get(config, path)
+    if value not in allowed:
+      yield f"Unknown {path} {value!r}; choose one of {', '.join(map(str, allowed))}."
+  try:
+    heads.parse_attach(config.sila.attach)
+  except ValueError as e:
+    yield str(e)
+
+  positive = ('batch_size', 'eval_batch_size', 'num_classes', 'image_size', 'width',
+              'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
+              'optimizer.learning_rate', 'sila.num_heads', 'sila.temperature')
+  for path in positive:
+    if not _get(config, path) > 0:
+      yield f'{path} must be positive, got {_get(config, path)}.'
+  for path in ('sila.weight', 'sila.kl_weight', 'optimizer.weight_decay',
+               'optimizer.warmup_epochs', 'dropout_rate'):
+    if _get(config, path) < 0:
+      yield f'{path} must not be negative, got {_get(config, path)}.'
+  if not 0 <= config.label_smoothing < 1:
+    yield f'label_smoothing must be in [0, 1), got {config.label_smoothing}.'
+  if config.num_train_steps <= 0 and config.num_epochs <= 0:
+    yield 'Set num_epochs or num_train_steps to a positive number.'
+  for path in ('batch_size', 'eval_batch_size'):
+    size = _get(config, path)
+    if size > 0 and size % num_devices:
+      yield f'{path}={size} is not divisible by the {num_devices} devices.'
+
+
+def _get(config: ml_collections.ConfigDict, path: str) -> Any:
+  for key in path.split('.'):
+    config = config[key]
+  return config
+
+
+def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Raises ConfigError naming every unknown field and invalid value of `config`."""
+  known = list(field_paths(default.get_config()))
+  problems = [unknown_field_message(p, known) for p in field_paths(config) if p not in known]
+  if not problems:
+    problems = list(_value_problems(config, num_devices))
+  if problems:
+    raise ConfigError(' '.join(problems))

@@ -1,0 +1,21 @@
+"""Errors in a run's input: the command-line tools print them as one line, no stack trace."""
+
+
+class UserError(Exception):
+  """Something the user can fix: a config, the data, a checkpoint or the numbers."""
+
+
+class ConfigError(UserError, ValueError):
+  """An unknown config field or an invalid value."""
+
+
+class DataError(UserError, ValueError):
+  """A missing or empty data directory, an unreadable image, a label out of range."""
+
+
+class CheckpointError(UserError):
+  """A checkpoint that is corrupt, or written for another model."""
+
+
+class NonFiniteLossError(UserError, FloatingPointError):
+  """The loss or the parameters became NaN or infinite."""

@@ -1,0 +1,81 @@
+"""Inference export: the main branch's variables plus the description of the plain model.
+
+<export_dir>/variables.msgpack holds {'params', 'batch_stats'} of {backbone, head} only
+(no Siamese heads, no optimizer state); <export_dir>/model.json holds the config fields
+that rebuild the plain model and prepare its input, and a digest of the variables file.
+"""
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import flax
+import jax
+import ml_collections
+
+from configs import default
+from sila_jax import checkpoint
+from sila_jax import config_checks
+from sila_jax import model as model_lib
+from sila_jax.errors import CheckpointError
+
+VARIABLES = 'variables.msgpack'
+DESCRIPTION = 'model.json'
+# Everything the plain model and its input preparation depend on.
+MODEL_FIELDS = ('model', 'width', 'dropout_rate', 'num_classes', 'image_size',
+                'normalize_mean', 'normalize_std')
+
+
+def export(config: ml_collections.ConfigDict, workdir: str, export_dir: str,
+           which: str = checkpoint.LATEST) -> dict[str, Any]:
+  """Writes the main branch of `workdir`'s latest (or best) checkpoint to `export_dir`.
+
+  The directory appears complete or not at all. Returns the description written.
+  """
+  config_checks.check_config(config, jax.device_count())
+  model = model_lib.create_model(config, main_branch_only=True)
+  step, variables = checkpoint.restore_main_branch(
+      checkpoint.create_manager(workdir, which),
+      model_lib.abstract_variables(model, config.image_size), config)
+  payload = flax.serialization.msgpack_serialize(variables)
+  description = {
+      'model': {field: config[field] for field in MODEL_FIELDS},
+      'step': step, 'checkpoint': os.path.join(os.path.abspath(workdir),
+                                               checkpoint.DIRECTORIES[which]),
+      'num_params': model_lib.count_params(variables['params']),
+      'sha256': hashlib.sha256(payload).hexdigest()}
+  parent = os.path.dirname(os.path.abspath(export_dir))
+  os.makedirs(parent, exist_ok=True)
+  staging = tempfile.mkdtemp(prefix='.export-', dir=parent)
+  with open(os.path.join(staging, VARIABLES), 'wb') as f:
+    f.write(payload)
+  with open(os.path.join(staging, DESCRIPTION), 'w') as f:
+    json.dump(description, f, indent=2)
+  if os.path.exists(export_dir):
+    shutil.rmtree(export_dir)
+  os.rename(staging, export_dir)
+  return description
+
+
+def load_export(export_dir: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
+  """(config of the plain model, variables) from an export; checks the variables' digest.
+
+  The config is configs/default.py with the export's model fields and SiLa off.
+  """
+  try:
+    with open(os.path.join(export_dir, DESCRIPTION)) as f:
+      description = json.load(f)
+    with open(os.path.join(export_dir, VARIABLES), 'rb') as f:
+      payload = f.read()
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f'{export_dir} is not a readable export: {e}') from e
+  if hashlib.sha256(payload).hexdigest() != description['sha256']:
+    raise CheckpointError(f'The export in {export_dir} is corrupt: {VARIABLES} does not '
+                          'match its digest.')
+  config = default.get_config()
+  config.update({k: tuple(v) if isinstance(v, list) else v
+                 for k, v in description['model'].items()})
+  config.sila.enabled = False
+  return config, flax.serialization.msgpack_restore(payload)

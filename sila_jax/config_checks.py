@@ -23,8 +23,13 @@ def field_paths(config: ml_collections.ConfigDict, prefix: str = '') -> Iterator
       yield prefix + key
 
 
+def known_fields() -> list[str]:
+  """Every field a run reads: those of configs/default.py."""
+  return list(field_paths(default.get_config()))
+
+
 def unknown_field_message(path: str, known: list[str]) -> str:
-  """'Unknown config field 'sila.wieght'; did you mean 'sila.weight'?'"""
+  """"Unknown config field 'sila.wieght'; did you mean 'sila.weight'?"."""
   close = difflib.get_close_matches(path, known, n=1, cutoff=0.6)
   by_leaf = [k for k in known if k.rsplit('.', 1)[-1] == path.rsplit('.', 1)[-1]]
   hint = close or by_leaf
@@ -72,7 +77,7 @@ def _get(config: ml_collections.ConfigDict, path: str) -> Any:
 
 def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Raises ConfigError naming every unknown field and invalid value of `config`."""
-  known = list(field_paths(default.get_config()))
+  known = known_fields()
   problems = [unknown_field_message(p, known) for p in field_paths(config) if p not in known]
   if not problems:
     problems = list(_value_problems(config, num_devices))

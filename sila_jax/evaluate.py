@@ -91,9 +91,12 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, split: str
   config_checks.check_config(config, jax.device_count())
   split = split or config.eval_split
   model = model_lib.create_model(config, main_branch_only=True)
-  step, variables = checkpoint.restore_main_branch(
-      checkpoint.create_manager(workdir, which),
-      model_lib.abstract_variables(model, config.image_size), config)
+  manager = checkpoint.create_manager(workdir, which)
+  try:
+    step, variables = checkpoint.restore_main_branch(
+        manager, model_lib.abstract_variables(model, config.image_size), config)
+  finally:
+    manager.close()
   result = {**evaluate_variables(config, model, variables, split), 'step': step}
   _write(result, os.path.join(workdir, split_filename(
       split, 'best' if which == checkpoint.BEST else 'eval')))

@@ -36,9 +36,12 @@ def export(config: ml_collections.ConfigDict, workdir: str, export_dir: str,
   """
   config_checks.check_config(config, jax.device_count())
   model = model_lib.create_model(config, main_branch_only=True)
-  step, variables = checkpoint.restore_main_branch(
-      checkpoint.create_manager(workdir, which),
-      model_lib.abstract_variables(model, config.image_size), config)
+  manager = checkpoint.create_manager(workdir, which)
+  try:
+    step, variables = checkpoint.restore_main_branch(
+        manager, model_lib.abstract_variables(model, config.image_size), config)
+  finally:
+    manager.close()
   payload = flax.serialization.msgpack_serialize(variables)
   description = {
       'model': {field: config[field] for field in MODEL_FIELDS},

@@ -129,98 +129,95 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return train_step_lib.create_train_state(model, tx, jax.random.PRNGKey(config.seed),
                                              image_shape)
 
-  manager = checkpoint.create_manager(workdir, checkpoint.LATEST, config.keep_checkpoints)
-  best_manager = checkpoint.create_manager(workdir, checkpoint.BEST)
-  state = checkpoint.restore_newest_readable(manager, jax.eval_shape(initial_state), config)
-  start_step = 0 if state is None else int(state.step)
-  if start_step >= num_train_steps:
-    logging.info('The run in %s is already complete (step %d of %d); nothing to do.',
-                 workdir, start_step, num_train_steps)
-    train_metrics, val_metrics = _last_metrics(workdir)
-    return {'status': 'complete', 'step': start_step, 'train': train_metrics, 'val': val_metrics}
-  if state is None:
-    state = initial_state()
-  else:
-    epoch, index = input_pipeline.data_position(start_step, local_batch, train_data.num_examples)
-    logging.info('Resuming at step %d: epoch %d, example %d of %d.', start_step, epoch, index,
-                 train_data.num_examples)
-  _drop_metrics_after(workdir, start_step)
-  best_accuracy = checkpoint.best_accuracy(best_manager)
-  logging.info('Parameters: %d in training, %d at test time.',
-               model_lib.count_params(state.params),
-               model_lib.count_params(model_lib.main_branch({'params': state.params})['params']))
+  # Closing the managers waits for checkpoints being written, whatever stops the run.
+  with contextlib.closing(checkpoint.create_manager(workdir, checkpoint.LATEST,
+                                                   config.keep_checkpoints)) as manager, \
+       contextlib.closing(checkpoint.create_manager(workdir, checkpoint.BEST)) as best_manager, \
+       _sigterm_flag() as sigterm_received:
+    state = checkpoint.restore_newest_readable(manager, jax.eval_shape(initial_state), config)
+    start_step = 0 if state is None else int(state.step)
+    if start_step >= num_train_steps:
+      logging.info('The run in %s is already complete (step %d of %d); nothing to do.',
+                   workdir, start_step, num_train_steps)
+      train_metrics, val_metrics = _last_metrics(workdir)
+      return {'status': 'complete', 'step': start_step, 'train': train_metrics, 'val': val_metrics}
+    if state is None:
+      state = initial_state()
+    else:
+      epoch, index = input_pipeline.data_position(start_step, local_batch, train_data.num_examples)
+      logging.info('Resuming at step %d: epoch %d, example %d of %d.', start_step, epoch, index,
+                   train_data.num_examples)
+    _drop_metrics_after(workdir, start_step)
+    best_accuracy = checkpoint.best_accuracy(best_manager)
+    logging.info('Parameters: %d in training, %d at test time.',
+                 model_lib.count_params(state.params),
+                 model_lib.count_params(model_lib.main_branch({'params': state.params})['params']))
 
-  # Parallel update step.
-  parallel = parallel_lib.create_parallel(
-      config.parallel, train_step_lib.make_train_step(model, tx, schedule, config), devices)
-  device_state = parallel.put_state(state)
+    # Parallel update step.
+    parallel = parallel_lib.create_parallel(
+        config.parallel, train_step_lib.make_train_step(model, tx, schedule, config), devices)
+    device_state = parallel.put_state(state)
 
-  # Evaluator: the plain model, main-branch variables only.
-  eval_step = evaluate_lib.make_eval_step(model_lib.create_model(config, main_branch_only=True))
-  local_eval_batch = config.eval_batch_size // jax.process_count()
+    # Evaluator: the plain model, main-branch variables only.
+    eval_step = evaluate_lib.make_eval_step(model_lib.create_model(config, main_branch_only=True))
+    local_eval_batch = config.eval_batch_size // jax.process_count()
 
-  def run_eval(step: int) -> dict[str, Any]:
-    current = parallel.unreplicate(device_state)
-    variables = model_lib.main_branch(
-        {'params': current.params, 'batch_stats': current.batch_stats})
-    metrics = evaluate_lib.evaluate(
-        eval_step, variables, input_pipeline.eval_batches(eval_data, config, local_eval_batch),
-        parallel.mesh)
-    logging.info('step %d  val accuracy %.4f  val loss %.4f  (%d examples)', step,
-                 metrics['accuracy'], metrics['loss'], metrics['num_examples'])
-    _write_metrics(workdir, {'step': step, **{f'val_{k}': v for k, v in metrics.items()}})
-    return metrics
+    def run_eval(step: int) -> dict[str, Any]:
+      current = parallel.unreplicate(device_state)
+      variables = model_lib.main_branch(
+          {'params': current.params, 'batch_stats': current.batch_stats})
+      metrics = evaluate_lib.evaluate(
+          eval_step, variables, input_pipeline.eval_batches(eval_data, config, local_eval_batch),
+          parallel.mesh)
+      logging.info('step %d  val accuracy %.4f  val loss %.4f  (%d examples)', step,
+                   metrics['accuracy'], metrics['loss'], metrics['num_examples'])
+      _write_metrics(workdir, {'step': step, **{f'val_{k}': v for k, v in metrics.items()}})
+      return metrics
 
-  # Training loop. Checkpoints are written only after the loss and parameters are checked.
-  batches = input_pipeline.train_batches(train_data, config, local_batch,
-                                         seed=config.seed + jax.process_index(),
-                                         start_step=start_step)
-  logging.info('Training steps %d..%d (%d per epoch), global batch %d on %d devices.',
-               start_step, num_train_steps, steps_per_epoch, config.batch_size, len(devices))
-  status, train_metrics, val_metrics = 'trained', {}, {}
-  pending, tick = [], time.perf_counter()
-  try:
-    with _sigterm_flag() as sigterm_received:
-      for step in range(start_step + 1, num_train_steps + 1):
-        batch = next(batches)
-        if batch['label'].max() >= config.num_classes or batch['label'].min() < 0:
-          raise DataError(f'Label out of range [0, {config.num_classes}) in the batch of step '
-                          f'{step}.')
-        device_state, metrics = parallel.train_step(device_state, parallel.put_batch(batch))
-        pending.append((step, parallel.unreplicate(metrics)))
-        preempted = sigterm_received()
+    # Training loop. Checkpoints are written only after the loss and parameters are checked.
+    batches = input_pipeline.train_batches(train_data, config, local_batch,
+                                           seed=config.seed + jax.process_index(),
+                                           start_step=start_step)
+    logging.info('Training steps %d..%d (%d per epoch), global batch %d on %d devices.',
+                 start_step, num_train_steps, steps_per_epoch, config.batch_size, len(devices))
+    status, train_metrics, val_metrics = 'trained', {}, {}
+    pending, tick = [], time.perf_counter()
+    for step in range(start_step + 1, num_train_steps + 1):
+      batch = next(batches)
+      if batch['label'].max() >= config.num_classes or batch['label'].min() < 0:
+        raise DataError(f'Label out of range [0, {config.num_classes}) in the batch of step '
+                        f'{step}.')
+      device_state, metrics = parallel.train_step(device_state, parallel.put_batch(batch))
+      pending.append((step, parallel.unreplicate(metrics)))
+      preempted = sigterm_received()
 
-        if step % config.log_every_steps == 0 or step == num_train_steps or preempted:
-          _check_finite(pending, parallel.unreplicate(device_state))
-          fetched = jax.device_get([m for _, m in pending])
-          train_metrics = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-          elapsed, tick = time.perf_counter() - tick, time.perf_counter()
-          train_metrics['images_per_sec'] = len(pending) * config.batch_size / elapsed
-          pending = []
-          logging.info('step %d  %s', step,
-                       '  '.join(f'{k} {v:.4g}' for k, v in train_metrics.items()))
-          _write_metrics(workdir, {'step': step, **train_metrics})
+      if step % config.log_every_steps == 0 or step == num_train_steps or preempted:
+        _check_finite(pending, parallel.unreplicate(device_state))
+        fetched = jax.device_get([m for _, m in pending])
+        train_metrics = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+        elapsed, tick = time.perf_counter() - tick, time.perf_counter()
+        train_metrics['images_per_sec'] = len(pending) * config.batch_size / elapsed
+        pending = []
+        logging.info('step %d  %s', step,
+                     '  '.join(f'{k} {v:.4g}' for k, v in train_metrics.items()))
+        _write_metrics(workdir, {'step': step, **train_metrics})
 
-        if step % config.checkpoint_every_steps == 0 or step == num_train_steps or preempted:
+      if step % config.checkpoint_every_steps == 0 or step == num_train_steps or preempted:
+        current = parallel.unreplicate(device_state)
+        _check_finite(pending, current)
+        checkpoint.save(manager, current, config)
+      if preempted:
+        status = 'preempted'
+        manager.wait_until_finished()
+        logging.warning('SIGTERM: saved a checkpoint at step %d in %s and stopped. Run the '
+                        'same command to resume.', step, manager.directory)
+        break
+      if step % eval_every == 0 or step == num_train_steps:
+        val_metrics = run_eval(step)
+        if val_metrics['accuracy'] > best_accuracy:
+          best_accuracy = val_metrics['accuracy']
           current = parallel.unreplicate(device_state)
           _check_finite(pending, current)
-          checkpoint.save(manager, current, config)
-        if preempted:
-          status = 'preempted'
-          manager.wait_until_finished()
-          logging.warning('SIGTERM: saved a checkpoint at step %d in %s and stopped. Run the '
-                          'same command to resume.', step, manager.directory)
-          break
-        if step % eval_every == 0 or step == num_train_steps:
-          val_metrics = run_eval(step)
-          if val_metrics['accuracy'] > best_accuracy:
-            best_accuracy = val_metrics['accuracy']
-            current = parallel.unreplicate(device_state)
-            _check_finite(pending, current)
-            checkpoint.save_best(best_manager, current, config, best_accuracy)
-          tick = time.perf_counter()  # Keep evaluation out of the throughput figure.
-  finally:
-    # Whatever stops the run, checkpoints already being written are completed.
-    manager.wait_until_finished()
-    best_manager.wait_until_finished()
-  return {'status': status, 'step': step, 'train': train_metrics, 'val': val_metrics}
+          checkpoint.save_best(best_manager, current, config, best_accuracy)
+        tick = time.perf_counter()  # Keep evaluation out of the throughput figure.
+    return {'status': status, 'step': step, 'train': train_metrics, 'val': val_metrics}

@@ -10,6 +10,7 @@ checkpoint; the digests catch files damaged afterwards.
 import hashlib
 import logging
 import os
+import time
 from typing import Any
 
 from absl import logging as absl_logging
@@ -20,6 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from sila_jax import model as model_lib
+from sila_jax.config_checks import get_field
 from sila_jax.errors import CheckpointError
 
 LATEST, BEST = 'latest', 'best'
@@ -57,12 +59,6 @@ def _digests(tree: dict[str, Any]) -> dict[str, str]:
           for path, x in flat.items()}
 
 
-def _config_value(config: dict[str, Any], path: str) -> Any:
-  for key in path.split('.'):
-    config = config[key]
-  return config
-
-
 def save(manager: ocp.CheckpointManager, state: Any, config: ml_collections.ConfigDict,
          val_accuracy: float | None = None) -> None:
   """Saves `state` (a TrainState) under its step; the write finishes in the background."""
@@ -90,9 +86,8 @@ def check_model(meta: dict[str, Any], config: ml_collections.ConfigDict,
                 fields: tuple[str, ...], where: str) -> None:
   """Raises CheckpointError if the checkpoint's model differs from `config`'s in `fields`."""
   saved = meta['config']
-  wanted = config.to_dict()
-  differ = [f'{f}={_config_value(saved, f)!r} (config: {_config_value(wanted, f)!r})'
-            for f in fields if _config_value(saved, f) != _config_value(wanted, f)]
+  differ = [f'{f}={get_field(saved, f)!r} (config: {get_field(config, f)!r})'
+            for f in fields if get_field(saved, f) != get_field(config, f)]
   if differ:
     raise CheckpointError(f'The checkpoint in {where} was written for another model: '
                           f"{', '.join(differ)}.")
@@ -158,10 +153,8 @@ def _move_aside(directory: str, step: int) -> str:
   corrupt = os.path.join(os.path.dirname(directory), CORRUPT)
   os.makedirs(corrupt, exist_ok=True)
   destination = os.path.join(corrupt, f'{os.path.basename(directory)}_{step}')
-  suffix = 0
-  while os.path.exists(destination + (f'_{suffix}' if suffix else '')):
-    suffix += 1
-  destination += f'_{suffix}' if suffix else ''
+  if os.path.exists(destination):  # The same step went bad before.
+    destination += time.strftime('_%Y%m%d-%H%M%S')
   os.rename(os.path.join(directory, str(step)), destination)
   return destination
 

@@ -23,13 +23,20 @@ def field_paths(config: ml_collections.ConfigDict, prefix: str = '') -> Iterator
       yield prefix + key
 
 
+def get_field(config: ml_collections.ConfigDict | dict[str, Any], path: str) -> Any:
+  """config['sila']['weight'] for path 'sila.weight'."""
+  for key in path.split('.'):
+    config = config[key]
+  return config
+
+
 def known_fields() -> list[str]:
   """Every field a run reads: those of configs/default.py."""
   return list(field_paths(default.get_config()))
 
 
 def unknown_field_message(path: str, known: list[str]) -> str:
-  """"Unknown config field 'sila.wieght'; did you mean 'sila.weight'?"."""
+  """The error for an unknown field, suggesting the closest known one (or one of that name)."""
   close = difflib.get_close_matches(path, known, n=1, cutoff=0.6)
   by_leaf = [k for k in known if k.rsplit('.', 1)[-1] == path.rsplit('.', 1)[-1]]
   hint = close or by_leaf
@@ -41,7 +48,7 @@ def _value_problems(config: ml_collections.ConfigDict, num_devices: int) -> Iter
              'sila.variant': losses.VARIANTS, 'sila.head': heads.HEAD_TYPES,
              'optimizer.schedule': optimizer.SCHEDULES, 'parallel': parallel.KINDS}
   for path, allowed in choices.items():
-    value = _get(config, path)
+    value = get_field(config, path)
     if value not in allowed:
       yield f"Unknown {path} {value!r}; choose one of {', '.join(map(str, allowed))}."
   try:
@@ -53,26 +60,20 @@ def _value_problems(config: ml_collections.ConfigDict, num_devices: int) -> Iter
               'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
               'optimizer.learning_rate', 'sila.num_heads', 'sila.temperature')
   for path in positive:
-    if not _get(config, path) > 0:
-      yield f'{path} must be positive, got {_get(config, path)}.'
+    if not get_field(config, path) > 0:
+      yield f'{path} must be positive, got {get_field(config, path)}.'
   for path in ('sila.weight', 'sila.kl_weight', 'optimizer.weight_decay',
                'optimizer.warmup_epochs', 'dropout_rate'):
-    if _get(config, path) < 0:
-      yield f'{path} must not be negative, got {_get(config, path)}.'
+    if get_field(config, path) < 0:
+      yield f'{path} must not be negative, got {get_field(config, path)}.'
   if not 0 <= config.label_smoothing < 1:
     yield f'label_smoothing must be in [0, 1), got {config.label_smoothing}.'
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
     yield 'Set num_epochs or num_train_steps to a positive number.'
   for path in ('batch_size', 'eval_batch_size'):
-    size = _get(config, path)
+    size = get_field(config, path)
     if size > 0 and size % num_devices:
       yield f'{path}={size} is not divisible by the {num_devices} devices.'
-
-
-def _get(config: ml_collections.ConfigDict, path: str) -> Any:
-  for key in path.split('.'):
-    config = config[key]
-  return config
 
 
 def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:

@@ -82,7 +82,8 @@ def _all_finite(tree: Any) -> jax.Array:
 
 def _check_finite(pending: list[tuple[int, Any]], state: Any) -> None:
   """Raises NonFiniteLossError at the first pending step whose loss is not finite."""
-  for step, loss in zip([s for s, _ in pending], jax.device_get([m['loss'] for _, m in pending])):
+  losses = jax.device_get([metrics['loss'] for _, metrics in pending])
+  for (step, _), loss in zip(pending, losses):
     if not np.isfinite(loss):
       raise NonFiniteLossError(f'Loss is {float(loss)} at step {step}; stopping. The last '
                                'checkpoint, written before it, is intact.')

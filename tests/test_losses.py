@@ -63,7 +63,8 @@ def test_label_smoothing_applies_to_every_term():
   eps = 0.1
   loss, _ = losses.sila_loss(LOGITS, SIAMESE, LABELS, label_smoothing=eps)
   target = np.eye(3)[LABELS] * (1 - eps) + eps / 3
-  expected = -np.sum(target * log_softmax(LOGITS), -1) - np.sum(target * log_softmax(SIAMESE[0]), -1)
+  expected = (-np.sum(target * log_softmax(LOGITS), -1)
+              - np.sum(target * log_softmax(SIAMESE[0]), -1))
   np.testing.assert_allclose(loss, expected.mean(), rtol=1e-6)
 
 

@@ -108,7 +108,7 @@ def test_label_count_must_match_the_dataset(tiny_config, tmp_path):
       train.train_and_evaluate(tiny_config, str(tmp_path))
 
 
-def test_command_line_train_then_eval(tmp_path):
+def test_command_line_train_rerun_eval_export(tmp_path):
   data_dir = make_folder(tmp_path / 'data', per_class=6)
   workdir = str(tmp_path / 'run')
   overrides = [f'--config.data_dir={data_dir}', '--config.num_classes=3',
@@ -118,16 +118,29 @@ def test_command_line_train_then_eval(tmp_path):
   env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
 
   def run(script, *args):
-    return subprocess.run([sys.executable, script, '--config=configs/cifar10_folder.py',
-                           f'--workdir={workdir}', *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, script, '--config=configs/cifar10_folder.py', *args,
+                           *overrides], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
 
-  trained = run('train.py', *overrides)
+  trained = run('train.py', f'--workdir={workdir}')
   assert trained.returncode == 0, trained.stderr[-3000:]
   assert 'val accuracy' in trained.stderr
-  evaluated = run('eval.py', *overrides)
+  again = run('train.py', f'--workdir={workdir}')
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert 'the run is already complete at step 2; nothing was retrained' in again.stdout
+  evaluated = run('eval.py', f'--workdir={workdir}')
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   assert 'examples 6' in evaluated.stdout
   saved = json.load(open(os.path.join(workdir, 'eval_train_-2.json')))
   assert saved['num_examples'] == 6 and saved['step'] == 2
   assert 0.0 <= saved['accuracy'] <= 1.0
+
+  exported = run('export.py', f'--workdir={workdir}', '--checkpoint=best')
+  assert exported.returncode == 0, exported.stderr[-3000:]
+  export_dir = os.path.join(workdir, 'export')
+  assert json.load(open(os.path.join(export_dir, 'model.json')))['checkpoint'].endswith('best')
+  from_export = run('eval.py', f'--export_dir={export_dir}')
+  assert from_export.returncode == 0, from_export.stderr[-3000:]
+  best = run('eval.py', f'--workdir={workdir}', '--checkpoint=best')
+  assert from_export.stdout == best.stdout
+  assert json.load(open(os.path.join(workdir, 'best_train_-2.json')))['num_examples'] == 6

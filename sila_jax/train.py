@@ -111,7 +111,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   eval_data = input_pipeline.load_split(config, config.eval_split, drop_remainder=False)
   if train_data.num_classes != config.num_classes:
     raise DataError(f'num_classes={config.num_classes} but {config.dataset} has '
-                    f'{train_data.num_classes} classes.')
+                    f'{train_data.num_classes} classes (labels 0..{train_data.num_classes - 1}); '
+                    f'set num_classes={train_data.num_classes}.')
   steps_per_epoch = train_data.num_examples * jax.process_count() // config.batch_size
   if not steps_per_epoch:
     raise DataError(f'The training split has {train_data.num_examples} examples, fewer than '
@@ -182,7 +183,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info('Training steps %d..%d (%d per epoch), global batch %d on %d devices.',
                  start_step, num_train_steps, steps_per_epoch, config.batch_size, len(devices))
     status, train_metrics, val_metrics = 'trained', {}, {}
-    pending, tick = [], time.perf_counter()
+    pending, timed_steps, tick = [], 0, time.perf_counter()
     for step in range(start_step + 1, num_train_steps + 1):
       batch = next(batches)
       if batch['label'].max() >= config.num_classes or batch['label'].min() < 0:
@@ -190,6 +191,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         f'{step}.')
       device_state, metrics = parallel.train_step(device_state, parallel.put_batch(batch))
       pending.append((step, parallel.unreplicate(metrics)))
+      timed_steps += 1
       preempted = sigterm_received()
 
       if step % config.log_every_steps == 0 or step == num_train_steps or preempted:
@@ -197,8 +199,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         fetched = jax.device_get([m for _, m in pending])
         train_metrics = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
         elapsed, tick = time.perf_counter() - tick, time.perf_counter()
-        train_metrics['images_per_sec'] = len(pending) * config.batch_size / elapsed
-        pending = []
+        train_metrics['images_per_sec'] = timed_steps * config.batch_size / elapsed
+        pending, timed_steps = [], 0
         logging.info('step %d  %s', step,
                      '  '.join(f'{k} {v:.4g}' for k, v in train_metrics.items()))
         _write_metrics(workdir, {'step': step, **train_metrics})
@@ -220,5 +222,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           current = parallel.unreplicate(device_state)
           _check_finite(pending, current)
           checkpoint.save_best(best_manager, current, config, best_accuracy)
-        tick = time.perf_counter()  # Keep evaluation out of the throughput figure.
+        # Keep evaluation out of the throughput figure.
+        timed_steps, tick = 0, time.perf_counter()
     return {'status': status, 'step': step, 'train': train_metrics, 'val': val_metrics}

@@ -247,6 +247,7 @@ def broken_data_dir(tmp_path_factory):
     ('data dir', {'data_dir': '/nonexistent/cifar'}, "'/nonexistent/cifar' is not a directory"),
     ('image', {'data_dir': 'BROKEN'}, r'1 unreadable image\(s\) .*ship/0002.jpg'),
     ('classes', {'num_classes': 5}, 'num_classes=5 but folder has 3 classes'),
+    ('labels', {'num_classes': 2}, r'num_classes=2 but folder has 3 classes \(labels 0..2\)'),
     ('checkpoint', {}, r"written for another model: model='resnet32'"),
 ])
 def test_user_errors_are_one_line_and_come_before_compiling(

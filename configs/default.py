@@ -18,10 +18,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.shuffle_buffer = 50_000
   config.check_images = True  # Folder datasets: decode every image once before training.
 
-  # Model. model: resnet20/32/44/56/110, resnet18, wrn16_4, wrn28_10.
+  # Model. model: resnet20/32/44/56/110, resnet18, wrn16_4, wrn28_10, and dynamic-convolution
+  # dy_resnet20/32/56, dy_resnet18.
   config.model = 'resnet20'
   config.width = 1.0  # Multiplies every channel count.
   config.dropout_rate = 0.0  # Wide ResNets only.
+  # Dynamic convolution (dy_* models): K kernels mixed per sample by an attention whose
+  # softmax temperature anneals linearly from tau_start to 1 over tau_epochs.
+  config.dynamic = ml_collections.ConfigDict()
+  config.dynamic.num_kernels = 4
+  config.dynamic.tau_start = 30.0
+  config.dynamic.tau_epochs = 10.0
 
   # SiLa (../shared/SILA.md). enabled=False is plain cross-entropy training.
   config.sila = ml_collections.ConfigDict()

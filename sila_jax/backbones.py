@@ -3,12 +3,16 @@
 Every backbone maps images (B, H, W, 3) to `(features, stages)`: pooled features
 (B, D) and the output of each residual stage, a tuple of (B, H_s, W_s, C_s) maps that
 Siamese heads may attach to. All take a `width` multiplier on every channel count.
+The ResNets have DY variants (Chen et al. 2020) with every 3x3 conv a DynamicConv; they
+take the attention temperature as `__call__(x, train, temperature)`.
 """
 import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from sila_jax.dynamic_conv import DynamicConv
 
 ModuleDef = Any
 
@@ -28,29 +32,42 @@ def batch_norm(train: bool, axis_name: str | None) -> Callable[..., nn.Module]:
       axis_name=axis_name if train else None)
 
 
+def conv3x3(features: int, strides: int, dynamic: bool, num_kernels: int):
+  """A bias-free 3x3 conv as a function of (x, temperature); only a dynamic one uses the latter."""
+  if dynamic:
+    return DynamicConv(features, strides=strides, num_kernels=num_kernels)
+  conv = nn.Conv(features, (3, 3), strides, padding=1, use_bias=False, kernel_init=conv_init)
+  return lambda x, temperature: conv(x)
+
+
 class BasicBlock(nn.Module):
   """Post-activation basic block (two 3x3 convs) of He et al. 2016.
 
   When the shape changes, the shortcut is the CIFAR ResNets' parameter-free "option A"
   (subsample, zero-pad channels: keeps ResNet-20 at the published 0.27M) or, with
-  `projection`, a 1x1 conv + BatchNorm as in ImageNet ResNets.
+  `projection`, a 1x1 conv + BatchNorm as in ImageNet ResNets. With `dynamic`, both 3x3
+  convs are DynamicConvs of `num_kernels` kernels; a projection stays static.
   """
   features: int
   strides: int
   norm: ModuleDef
   projection: bool = False
+  dynamic: bool = False
+  num_kernels: int = 4
 
   @nn.compact
-  def __call__(self, x):
-    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init)
-    y = conv(self.features, (3, 3), self.strides, padding=1)(x)
+  def __call__(self, x, temperature=1.0):
+    conv = functools.partial(conv3x3, dynamic=self.dynamic, num_kernels=self.num_kernels)
+    y = conv(self.features, self.strides)(x, temperature)
     y = nn.relu(self.norm()(y))
-    y = conv(self.features, (3, 3), padding=1)(y)
+    y = conv(self.features, 1)(y, temperature)
     y = self.norm()(y)
     shortcut = x
     if self.strides != 1 or x.shape[-1] != self.features:
       if self.projection:
-        shortcut = self.norm()(conv(self.features, (1, 1), self.strides)(x))
+        shortcut = nn.Conv(self.features, (1, 1), self.strides, use_bias=False,
+                           kernel_init=conv_init)(x)
+        shortcut = self.norm()(shortcut)
       else:
         shortcut = x[:, ::self.strides, ::self.strides, :]
         extra = self.features - x.shape[-1]
@@ -59,46 +76,57 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-  """CIFAR ResNet-(6n+2): three stages of n blocks at 16, 32, 64 channels."""
+  """CIFAR ResNet-(6n+2): three stages of n blocks at 16, 32, 64 channels.
+
+  With `dynamic`, a DY-ResNet: every 3x3 conv is a DynamicConv of `num_kernels` kernels
+  whose attention uses `temperature`; otherwise `temperature` is ignored.
+  """
   depth: int
   width: float = 1.0
   bn_axis_name: str | None = None
+  dynamic: bool = False
+  num_kernels: int = 4
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, temperature=1.0):
     if (self.depth - 2) % 6:
       raise ValueError(f'CIFAR ResNet depth must be 6n+2, got {self.depth}.')
     blocks = (self.depth - 2) // 6
     norm = batch_norm(train, self.bn_axis_name)
-    x = nn.Conv(scaled(16, self.width), (3, 3), padding=1, use_bias=False,
-                kernel_init=conv_init)(x)
+    x = conv3x3(scaled(16, self.width), 1, self.dynamic, self.num_kernels)(x, temperature)
     x = nn.relu(norm()(x))
     stages = []
     for stage, channels in enumerate((16, 32, 64)):
       for block in range(blocks):
         strides = 2 if stage > 0 and block == 0 else 1
-        x = BasicBlock(scaled(channels, self.width), strides, norm)(x)
+        x = BasicBlock(scaled(channels, self.width), strides, norm, dynamic=self.dynamic,
+                       num_kernels=self.num_kernels)(x, temperature)
       stages.append(x)
     return jnp.mean(x, axis=(1, 2)), tuple(stages)
 
 
 class ResNet18(nn.Module):
-  """ResNet-18 with a CIFAR stem: one 3x3 conv, no max-pool, stages at 64-512 channels."""
+  """ResNet-18 with a CIFAR stem: one 3x3 conv, no max-pool, stages at 64-512 channels.
+
+  `dynamic`, `num_kernels` and `temperature` as in CifarResNet.
+  """
   width: float = 1.0
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   bn_axis_name: str | None = None
+  dynamic: bool = False
+  num_kernels: int = 4
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, temperature=1.0):
     norm = batch_norm(train, self.bn_axis_name)
-    x = nn.Conv(scaled(64, self.width), (3, 3), padding=1, use_bias=False,
-                kernel_init=conv_init)(x)
+    x = conv3x3(scaled(64, self.width), 1, self.dynamic, self.num_kernels)(x, temperature)
     x = nn.relu(norm()(x))
     stages = []
     for stage, blocks in enumerate(self.stage_sizes):
       for block in range(blocks):
         strides = 2 if stage > 0 and block == 0 else 1
-        x = BasicBlock(scaled(64 * 2**stage, self.width), strides, norm, projection=True)(x)
+        x = BasicBlock(scaled(64 * 2**stage, self.width), strides, norm, projection=True,
+                       dynamic=self.dynamic, num_kernels=self.num_kernels)(x, temperature)
       stages.append(x)
     return jnp.mean(x, axis=(1, 2)), tuple(stages)
 
@@ -159,17 +187,24 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     'resnet56': functools.partial(CifarResNet, depth=56),
     'resnet110': functools.partial(CifarResNet, depth=110),
     'resnet18': ResNet18,
+    'dy_resnet20': functools.partial(CifarResNet, depth=20, dynamic=True),
+    'dy_resnet32': functools.partial(CifarResNet, depth=32, dynamic=True),
+    'dy_resnet56': functools.partial(CifarResNet, depth=56, dynamic=True),
+    'dy_resnet18': functools.partial(ResNet18, dynamic=True),
     'wrn16_4': functools.partial(WideResNet, depth=16, widen_factor=4),
     'wrn28_10': functools.partial(WideResNet, depth=28, widen_factor=10),
 }
 
 
 def create_backbone(name: str, *, width: float = 1.0, dropout_rate: float = 0.0,
-                    bn_axis_name: str | None = None) -> nn.Module:
-  """Backbone `name` from BACKBONES; dropout applies to Wide ResNets only."""
+                    bn_axis_name: str | None = None, num_kernels: int = 4) -> nn.Module:
+  """Backbone `name` from BACKBONES; dropout applies to Wide ResNets only, `num_kernels` to
+  the DY (dynamic) ResNets only."""
   if name not in BACKBONES:
     raise ValueError(f'Unknown model {name!r}; choose one of {sorted(BACKBONES)}.')
   kwargs = dict(width=width, bn_axis_name=bn_axis_name)
   if name.startswith('wrn'):
     kwargs['dropout_rate'] = dropout_rate
+  if name.startswith('dy_'):
+    kwargs['num_kernels'] = num_kernels
   return BACKBONES[name](**kwargs)

@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from configs import default
 from sila_jax import model as model_lib
 from sila_jax.config_checks import get_field
 from sila_jax.errors import CheckpointError
@@ -28,7 +29,7 @@ LATEST, BEST = 'latest', 'best'
 DIRECTORIES = {LATEST: 'checkpoints', BEST: 'best'}  # Under the workdir.
 CORRUPT = 'corrupt_checkpoints'  # Where training moves checkpoints it cannot read.
 # Fields that fix the shapes of the main branch, and of everything training restores.
-MAIN_BRANCH_FIELDS = ('model', 'width', 'num_classes')
+MAIN_BRANCH_FIELDS = ('model', 'width', 'num_classes', 'dynamic.num_kernels')
 TRAINING_FIELDS = MAIN_BRANCH_FIELDS + ('sila.enabled', 'sila.num_heads', 'sila.head',
                                         'sila.attach')
 
@@ -59,11 +60,15 @@ def _digests(tree: dict[str, Any]) -> dict[str, str]:
           for path, x in flat.items()}
 
 
-def save(manager: ocp.CheckpointManager, state: Any, config: ml_collections.ConfigDict,
-         val_accuracy: float | None = None) -> None:
-  """Saves `state` (a TrainState) under its step; the write finishes in the background."""
+def save(manager: ocp.CheckpointManager, state: Any, config: ml_collections.ConfigDict, *,
+         attention_temperature: float = 1.0, val_accuracy: float | None = None) -> None:
+  """Saves `state` (a TrainState) under its step; the write finishes in the background.
+
+  `attention_temperature` (dynamic convolutions) is the one evaluation of this step uses.
+  """
   tree = jax.tree_util.tree_map(_host, flax.serialization.to_state_dict(state))
-  meta = {'config': config.to_dict(), 'digests': _digests(tree), 'val_accuracy': val_accuracy}
+  meta = {'config': config.to_dict(), 'digests': _digests(tree), 'step': int(tree['step']),
+          'attention_temperature': attention_temperature, 'val_accuracy': val_accuracy}
   manager.save(int(tree['step']), args=ocp.args.Composite(
       state=ocp.args.PyTreeSave(tree), meta=ocp.args.JsonSave(_json_safe(meta))))
 
@@ -85,9 +90,14 @@ def read_meta(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
 def check_model(meta: dict[str, Any], config: ml_collections.ConfigDict,
                 fields: tuple[str, ...], where: str) -> None:
   """Raises CheckpointError if the checkpoint's model differs from `config`'s in `fields`."""
-  saved = meta['config']
-  differ = [f'{f}={get_field(saved, f)!r} (config: {get_field(config, f)!r})'
-            for f in fields if get_field(saved, f) != get_field(config, f)]
+  def saved(field):  # A field added since the checkpoint was written has its default.
+    try:
+      return get_field(meta['config'], field)
+    except KeyError:
+      return get_field(default.get_config(), field)
+
+  differ = [f'{f}={saved(f)!r} (config: {get_field(config, f)!r})'
+            for f in fields if saved(f) != get_field(config, f)]
   if differ:
     raise CheckpointError(f'The checkpoint in {where} was written for another model: '
                           f"{', '.join(differ)}.")
@@ -160,14 +170,15 @@ def _move_aside(directory: str, step: int) -> str:
 
 
 def restore_main_branch(manager: ocp.CheckpointManager, abstract_variables: dict[str, Any],
-                        config: ml_collections.ConfigDict) -> tuple[int, dict[str, Any]]:
+                        config: ml_collections.ConfigDict) -> tuple[dict[str, Any], dict[str, Any]]:
   """Reads only {backbone, head} parameters and BatchNorm statistics of the latest step.
 
   Args:
     abstract_variables: {'params', 'batch_stats'} of the plain model as
       jax.ShapeDtypeStruct leaves.
   Returns:
-    (step, variables) ready for `model.apply`. Siamese heads, if saved, are not read.
+    (meta, variables): meta has 'step' and 'attention_temperature'; variables are ready for
+    `model.apply`. Siamese heads, if saved, are not read.
   Raises:
     CheckpointError: no checkpoint, a corrupt one, or one written for another model.
   """
@@ -185,7 +196,7 @@ def restore_main_branch(manager: ocp.CheckpointManager, abstract_variables: dict
   except CheckpointError as e:
     raise CheckpointError(f'The checkpoint at step {step} in {manager.directory} is corrupt: '
                           f'{e}.') from e
-  return step, variables
+  return {'attention_temperature': 1.0, **meta, 'step': step}, variables
 
 
 def best_accuracy(manager: ocp.CheckpointManager) -> float:
@@ -201,10 +212,11 @@ def best_accuracy(manager: ocp.CheckpointManager) -> float:
     return -np.inf
 
 
-def save_best(manager: ocp.CheckpointManager, state: Any, config: ml_collections.ConfigDict,
-              val_accuracy: float) -> None:
+def save_best(manager: ocp.CheckpointManager, state: Any, config: ml_collections.ConfigDict, *,
+              attention_temperature: float, val_accuracy: float) -> None:
   """Replaces the best checkpoint with `state`; a newer one (from before a resume) goes."""
   for step in manager.all_steps():
     if step >= int(_host(state.step)):
       manager.delete(step)
-  save(manager, state, config, val_accuracy)
+  save(manager, state, config, attention_temperature=attention_temperature,
+       val_accuracy=val_accuracy)

@@ -58,12 +58,13 @@ def _value_problems(config: ml_collections.ConfigDict, num_devices: int) -> Iter
 
   positive = ('batch_size', 'eval_batch_size', 'num_classes', 'image_size', 'width',
               'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
-              'optimizer.learning_rate', 'sila.num_heads', 'sila.temperature')
+              'optimizer.learning_rate', 'sila.num_heads', 'sila.temperature',
+              'dynamic.num_kernels', 'dynamic.tau_start')
   for path in positive:
     if not get_field(config, path) > 0:
       yield f'{path} must be positive, got {get_field(config, path)}.'
   for path in ('sila.weight', 'sila.kl_weight', 'optimizer.weight_decay',
-               'optimizer.warmup_epochs', 'dropout_rate'):
+               'optimizer.warmup_epochs', 'dropout_rate', 'dynamic.tau_epochs'):
     if get_field(config, path) < 0:
       yield f'{path} must not be negative, got {get_field(config, path)}.'
   if not 0 <= config.label_smoothing < 1:

@@ -22,13 +22,14 @@ from sila_jax.train_step import AXIS
 
 
 def make_eval_step(model: model_lib.SilaClassifier):
-  """Jitted (variables, batch) -> sums of loss, correct and count over real examples.
+  """Jitted (variables, batch, temperature) -> sums of loss, correct and count over real examples.
 
-  batch: {'image': (B, H, W, 3), 'label': (B,), 'mask': (B,) bool}.
+  batch: {'image': (B, H, W, 3), 'label': (B,), 'mask': (B,) bool}; temperature: the
+  attention temperature of dynamic convolutions (ignored by static models).
   """
   @jax.jit
-  def eval_step(variables, batch):
-    logits, _ = model.apply(variables, batch['image'], train=False)
+  def eval_step(variables, batch, temperature):
+    logits, _ = model.apply(variables, batch['image'], train=False, temperature=temperature)
     mask = batch['mask']
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
     correct = jnp.argmax(logits, -1) == batch['label']
@@ -38,13 +39,13 @@ def make_eval_step(model: model_lib.SilaClassifier):
 
 
 def evaluate(eval_step, variables: dict[str, Any], batches: Iterable[dict[str, Any]],
-             mesh: Mesh) -> dict[str, float]:
+             mesh: Mesh, temperature: float = 1.0) -> dict[str, float]:
   """Accuracy, mean cross-entropy and example count over `batches`, split over `mesh`."""
   variables = jax.device_put(variables, NamedSharding(mesh, P()))
   sharding = NamedSharding(mesh, P(AXIS))
   totals = None
   for batch in batches:
-    sums = eval_step(variables, parallel.shard_batch(batch, sharding))
+    sums = eval_step(variables, parallel.shard_batch(batch, sharding), temperature)
     totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
   if totals is None:
     raise ValueError('The evaluation split is empty.')
@@ -60,7 +61,8 @@ def split_filename(split: str, prefix: str = 'eval') -> str:
 
 
 def evaluate_variables(config: ml_collections.ConfigDict, model: model_lib.SilaClassifier,
-                       variables: dict[str, Any], split: str) -> dict[str, Any]:
+                       variables: dict[str, Any], split: str,
+                       temperature: float = 1.0) -> dict[str, Any]:
   """Accuracy, loss and example count of `model` with `variables` on `split` of the data."""
   data = input_pipeline.load_split(config, split, drop_remainder=False)
   if data.num_classes != config.num_classes:
@@ -69,7 +71,7 @@ def evaluate_variables(config: ml_collections.ConfigDict, model: model_lib.SilaC
   local_batch = config.eval_batch_size // jax.process_count()
   mesh = Mesh(np.asarray(jax.devices()), (AXIS,))
   result = evaluate(make_eval_step(model), variables,
-                    input_pipeline.eval_batches(data, config, local_batch), mesh)
+                    input_pipeline.eval_batches(data, config, local_batch), mesh, temperature)
   result.update(split=split, num_params=model_lib.count_params(variables['params']))
   return result
 
@@ -93,11 +95,12 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, split: str
   model = model_lib.create_model(config, main_branch_only=True)
   manager = checkpoint.create_manager(workdir, which)
   try:
-    step, variables = checkpoint.restore_main_branch(
+    meta, variables = checkpoint.restore_main_branch(
         manager, model_lib.abstract_variables(model, config.image_size), config)
   finally:
     manager.close()
-  result = {**evaluate_variables(config, model, variables, split), 'step': step}
+  result = evaluate_variables(config, model, variables, split, meta['attention_temperature'])
+  result['step'] = meta['step']
   _write(result, os.path.join(workdir, split_filename(
       split, 'best' if which == checkpoint.BEST else 'eval')))
   return result
@@ -111,12 +114,13 @@ def evaluate_export(config: ml_collections.ConfigDict, export_dir: str,
   """
   config_checks.check_config(config, jax.device_count())
   split = split or config.eval_split
-  model_config, variables = export_lib.load_export(export_dir)
-  data_config = config.copy_and_resolve_references()
-  data_config.update({k: model_config[k] for k in export_lib.MODEL_FIELDS})
-  model = model_lib.create_model(model_config, main_branch_only=True)
-  result = evaluate_variables(data_config, model, variables, split)
-  with open(os.path.join(export_dir, export_lib.DESCRIPTION)) as f:
-    result['step'] = json.load(f)['step']
+  exported = export_lib.load_export(export_dir)
+  data_config = config.copy_and_resolve_references()  # The data, prepared as the model expects.
+  data_config.update_from_flattened_dict(
+      {field: config_checks.get_field(exported.config, field) for field in export_lib.MODEL_FIELDS})
+  model = model_lib.create_model(exported.config, main_branch_only=True)
+  result = evaluate_variables(data_config, model, exported.variables, split,
+                              exported.attention_temperature)
+  result['step'] = exported.step
   _write(result, os.path.join(export_dir, split_filename(split)))
   return result

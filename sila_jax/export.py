@@ -4,6 +4,7 @@
 (no Siamese heads, no optimizer state); <export_dir>/model.json holds the config fields
 that rebuild the plain model and prepare its input, and a digest of the variables file.
 """
+import dataclasses
 import hashlib
 import json
 import os
@@ -24,8 +25,17 @@ from sila_jax.errors import CheckpointError
 VARIABLES = 'variables.msgpack'
 DESCRIPTION = 'model.json'
 # Everything the plain model and its input preparation depend on.
-MODEL_FIELDS = ('model', 'width', 'dropout_rate', 'num_classes', 'image_size',
-                'normalize_mean', 'normalize_std')
+MODEL_FIELDS = ('model', 'width', 'dropout_rate', 'dynamic.num_kernels', 'num_classes',
+                'image_size', 'normalize_mean', 'normalize_std')
+
+
+@dataclasses.dataclass(frozen=True)
+class Export:
+  """An export read back: the plain model's config and variables, and how to apply them."""
+  config: ml_collections.ConfigDict
+  variables: dict[str, Any]
+  step: int
+  attention_temperature: float  # For dynamic convolutions; static models ignore it.
 
 
 def export(config: ml_collections.ConfigDict, workdir: str, export_dir: str,
@@ -38,15 +48,15 @@ def export(config: ml_collections.ConfigDict, workdir: str, export_dir: str,
   model = model_lib.create_model(config, main_branch_only=True)
   manager = checkpoint.create_manager(workdir, which)
   try:
-    step, variables = checkpoint.restore_main_branch(
+    meta, variables = checkpoint.restore_main_branch(
         manager, model_lib.abstract_variables(model, config.image_size), config)
   finally:
     manager.close()
   payload = flax.serialization.msgpack_serialize(variables)
   description = {
-      'model': {field: config[field] for field in MODEL_FIELDS},
-      'step': step, 'checkpoint': os.path.join(os.path.abspath(workdir),
-                                               checkpoint.DIRECTORIES[which]),
+      'model': {field: config_checks.get_field(config, field) for field in MODEL_FIELDS},
+      'step': meta['step'], 'attention_temperature': meta['attention_temperature'],
+      'checkpoint': os.path.join(os.path.abspath(workdir), checkpoint.DIRECTORIES[which]),
       'num_params': model_lib.count_params(variables['params']),
       'sha256': hashlib.sha256(payload).hexdigest()}
   parent = os.path.dirname(os.path.abspath(export_dir))
@@ -62,10 +72,10 @@ def export(config: ml_collections.ConfigDict, workdir: str, export_dir: str,
   return description
 
 
-def load_export(export_dir: str) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
-  """(config of the plain model, variables) from an export; checks the variables' digest.
+def load_export(export_dir: str) -> Export:
+  """Reads an export back and checks the variables against their digest.
 
-  The config is configs/default.py with the export's model fields and SiLa off.
+  Its config is configs/default.py with the export's model fields and SiLa off.
   """
   try:
     with open(os.path.join(export_dir, DESCRIPTION)) as f:
@@ -78,7 +88,8 @@ def load_export(export_dir: str) -> tuple[ml_collections.ConfigDict, dict[str, A
     raise CheckpointError(f'The export in {export_dir} is corrupt: {VARIABLES} does not '
                           'match its digest.')
   config = default.get_config()
-  config.update({k: tuple(v) if isinstance(v, list) else v
-                 for k, v in description['model'].items()})
+  config.update_from_flattened_dict({k: tuple(v) if isinstance(v, list) else v
+                                     for k, v in description['model'].items()})
   config.sila.enabled = False
-  return config, flax.serialization.msgpack_restore(payload)
+  return Export(config, flax.serialization.msgpack_restore(payload), description['step'],
+                description['attention_temperature'])

@@ -27,8 +27,12 @@ class SilaClassifier(nn.Module):
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(self, images, train: bool):
-    features, stages = self.backbone(images, train=train)
+  def __call__(self, images, train: bool, temperature=1.0):
+    """`temperature`: the attention temperature of dynamic convolutions (dy_* backbones)."""
+    if getattr(self.backbone, 'dynamic', False):
+      features, stages = self.backbone(images, train=train, temperature=temperature)
+    else:
+      features, stages = self.backbone(images, train=train)
     logits = heads.ClassifierHead(self.num_classes, name='head')(features)
     if not self.num_siamese_heads:
       return logits, None
@@ -45,12 +49,17 @@ def create_model(config: ml_collections.ConfigDict, *, main_branch_only: bool = 
   return SilaClassifier(
       backbone=backbones.create_backbone(
           config.model, width=config.width, dropout_rate=config.dropout_rate,
-          bn_axis_name=bn_axis_name),
+          bn_axis_name=bn_axis_name, num_kernels=config.dynamic.num_kernels),
       num_classes=config.num_classes,
       num_siamese_heads=0 if main_branch_only else num_heads,
       siamese_head=config.sila.head,
       attach=config.sila.attach,
       bn_axis_name=bn_axis_name)
+
+
+def is_dynamic(config: ml_collections.ConfigDict) -> bool:
+  """Whether the backbone has dynamic convolutions, and so an attention temperature."""
+  return config.model.startswith('dy_')
 
 
 def abstract_variables(model: nn.Module, image_size: int) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""SGD with momentum / Nesterov, weight decay on kernels only, cosine or step schedules."""
+"""SGD with momentum / Nesterov, weight decay on kernels only; learning-rate and temperature
+schedules."""
 import jax
 import ml_collections
 import optax
@@ -26,6 +27,15 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, num_train_steps: i
   else:
     raise ValueError(f'Unknown optimizer.schedule {opt.schedule!r}; choose one of {SCHEDULES}.')
   return optax.join_schedules([warmup, decay], [warmup_steps])
+
+
+def attention_temperature_schedule(config: ml_collections.ConfigDict,
+                                   steps_per_epoch: int) -> optax.Schedule:
+  """Dynamic convolution's attention temperature: tau_start, linearly down to 1 over tau_epochs."""
+  steps = round(config.dynamic.tau_epochs * steps_per_epoch)
+  if steps < 1:
+    return optax.constant_schedule(1.0)
+  return optax.linear_schedule(config.dynamic.tau_start, 1.0, steps)
 
 
 def is_kernel(params) -> dict:

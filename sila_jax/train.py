@@ -125,6 +125,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   model = model_lib.create_model(config, bn_axis_name=train_step_lib.AXIS)
   schedule = optimizer_lib.learning_rate_schedule(config, num_train_steps, steps_per_epoch)
   tx = optimizer_lib.create_optimizer(config, schedule)
+  temperature_schedule = (optimizer_lib.attention_temperature_schedule(config, steps_per_epoch)
+                          if model_lib.is_dynamic(config) else None)
+
+  def attention_temperature(step: int) -> float:
+    return float(temperature_schedule(step)) if temperature_schedule else 1.0
   image_shape = (config.image_size, config.image_size, 3)
 
   def initial_state():
@@ -157,7 +162,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     # Parallel update step.
     parallel = parallel_lib.create_parallel(
-        config.parallel, train_step_lib.make_train_step(model, tx, schedule, config), devices)
+        config.parallel,
+        train_step_lib.make_train_step(model, tx, schedule, config, temperature_schedule),
+        devices)
     device_state = parallel.put_state(state)
 
     # Evaluator: the plain model, main-branch variables only.
@@ -170,7 +177,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           {'params': current.params, 'batch_stats': current.batch_stats})
       metrics = evaluate_lib.evaluate(
           eval_step, variables, input_pipeline.eval_batches(eval_data, config, local_eval_batch),
-          parallel.mesh)
+          parallel.mesh, attention_temperature(step))
       logging.info('step %d  val accuracy %.4f  val loss %.4f  (%d examples)', step,
                    metrics['accuracy'], metrics['loss'], metrics['num_examples'])
       _write_metrics(workdir, {'step': step, **{f'val_{k}': v for k, v in metrics.items()}})
@@ -208,7 +215,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if step % config.checkpoint_every_steps == 0 or step == num_train_steps or preempted:
         current = parallel.unreplicate(device_state)
         _check_finite(pending, current)
-        checkpoint.save(manager, current, config)
+        checkpoint.save(manager, current, config, attention_temperature=attention_temperature(step))
       if preempted:
         status = 'preempted'
         manager.wait_until_finished()
@@ -221,7 +228,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           best_accuracy = val_metrics['accuracy']
           current = parallel.unreplicate(device_state)
           _check_finite(pending, current)
-          checkpoint.save_best(best_manager, current, config, best_accuracy)
+          checkpoint.save_best(best_manager, current, config,
+                               attention_temperature=attention_temperature(step),
+                               val_accuracy=best_accuracy)
         # Keep evaluation out of the throughput figure.
         timed_steps, tick = 0, time.perf_counter()
     return {'status': status, 'step': step, 'train': train_metrics, 'val': val_metrics}

@@ -63,12 +63,13 @@ def test_export_holds_the_plain_model_and_evaluates_like_the_checkpoint(trained,
   export_dir = str(tmp_path / 'export')
   description = export.export(config, workdir, export_dir)
   assert sorted(os.listdir(export_dir)) == ['model.json', 'variables.msgpack']
-  model_config, variables = export.load_export(export_dir)
-  assert set(variables) == {'params', 'batch_stats'}
-  assert set(variables['params']) == {'backbone', 'head'}  # No Siamese heads, no optimizer.
+  exported = export.load_export(export_dir)
+  assert set(exported.variables) == {'params', 'batch_stats'}
+  assert set(exported.variables['params']) == {'backbone', 'head'}  # No Siamese heads.
   assert description['num_params'] == plain_param_count(config)
-  assert model_lib.count_params(variables['params']) == plain_param_count(config)
-  assert not model_config.sila.enabled and model_config.width == config.width
+  assert model_lib.count_params(exported.variables['params']) == plain_param_count(config)
+  assert not exported.config.sila.enabled and exported.config.width == config.width
+  assert exported.step == 3 and exported.attention_temperature == 1.0
   with tfds.testing.mock_data(num_examples=40):
     from_checkpoint = evaluate.evaluate_workdir(config, workdir)
     from_export = evaluate.evaluate_export(config, export_dir)

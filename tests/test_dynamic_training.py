@@ -1,0 +1,85 @@
+"""DY-ResNets in training: the annealed temperature in the jitted step, devices, export, eval."""
+import chex
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from sila_jax import evaluate
+from sila_jax import export
+from sila_jax import model as model_lib
+from sila_jax import optimizer as optimizer_lib
+from sila_jax import parallel as parallel_lib
+from sila_jax import train
+from sila_jax import train_step as train_step_lib
+from tests.test_train import plain_param_count
+from tests.test_train_step import batches, run, setup
+
+
+@pytest.fixture
+def dy_config(tiny_config):
+  tiny_config.model = 'dy_resnet20'
+  tiny_config.dynamic.update(tau_start=30.0, tau_epochs=2.0)
+  return tiny_config
+
+
+def test_temperature_anneals_linearly_to_one(dy_config):
+  tau = optimizer_lib.attention_temperature_schedule(dy_config, steps_per_epoch=10)
+  np.testing.assert_allclose([tau(0), tau(10), tau(20), tau(500)], [30.0, 15.5, 1.0, 1.0],
+                             rtol=1e-6)
+  dy_config.dynamic.tau_epochs = 0.0
+  tau = optimizer_lib.attention_temperature_schedule(dy_config, steps_per_epoch=10)
+  assert tau(0) == tau(7) == 1.0
+
+
+def test_the_step_uses_the_temperature_of_its_step_number(dy_config):
+  model, tx, schedule, state = setup(dy_config)
+  tau = optimizer_lib.attention_temperature_schedule(dy_config, steps_per_epoch=1)
+  step_fn = train_step_lib.make_train_step(model, tx, schedule, dy_config, tau)
+  parallel = parallel_lib.ShardMapParallel(step_fn, jax.devices()[:1])
+  annealed, metrics = run(parallel, state, batches(2))
+  np.testing.assert_allclose([m['attention_temperature'] for m in metrics], [30.0, 15.5])
+  # Resuming from the state after one step continues with that step's temperature.
+  after_one, _ = run(parallel, state, batches(1))
+  resumed, resumed_metrics = run(parallel, after_one, batches(2)[1:])
+  np.testing.assert_allclose(resumed_metrics[0]['attention_temperature'], 15.5)
+  chex.assert_trees_all_equal(resumed, annealed)
+  # And the temperature matters: at a constant 1 the same steps end elsewhere.
+  constant = parallel_lib.ShardMapParallel(
+      train_step_lib.make_train_step(model, tx, schedule, dy_config), jax.devices()[:1])
+  unannealed, _ = run(constant, state, batches(2))
+  assert not np.allclose(unannealed.params['backbone']['DynamicConv_0']['kernel'],
+                         annealed.params['backbone']['DynamicConv_0']['kernel'])
+
+
+def test_dy_resnet_with_sila_on_eight_devices_matches_one(dy_config):
+  dy_config.sila.update(num_heads=2, attach='stage2')
+  model, tx, schedule, state = setup(dy_config)
+  tau = optimizer_lib.attention_temperature_schedule(dy_config, steps_per_epoch=1)
+  step_fn = train_step_lib.make_train_step(model, tx, schedule, dy_config, tau)
+  data = batches(1)
+  one_state, one_metrics = run(parallel_lib.ShardMapParallel(step_fn, jax.devices()[:1]),
+                               state, data)
+  eight_state, eight_metrics = run(parallel_lib.ShardMapParallel(step_fn, jax.devices()[:8]),
+                                   state, data)
+  chex.assert_trees_all_close(eight_state, one_state, rtol=1e-4, atol=1e-5)
+  chex.assert_trees_all_close(eight_metrics, one_metrics, rtol=1e-4, atol=1e-5)
+
+
+def test_dy_resnet_with_sila_trains_exports_and_evaluates(dy_config, tmp_path):
+  dy_config.dynamic.tau_epochs = 100.0  # Still annealing at the end: eval must use tau(3).
+  workdir, export_dir = str(tmp_path / 'run'), str(tmp_path / 'export')
+  with tfds.testing.mock_data(num_examples=40):
+    result = train.train_and_evaluate(dy_config, workdir)
+    description = export.export(dy_config, workdir, export_dir)
+    from_checkpoint = evaluate.evaluate_workdir(dy_config, workdir)
+    from_export = evaluate.evaluate_export(dy_config, export_dir)
+  tau = optimizer_lib.attention_temperature_schedule(dy_config, steps_per_epoch=2)
+  assert description['attention_temperature'] == pytest.approx(float(tau(3)))
+  assert result['train']['attention_temperature'] > 1.0
+  assert set(model_lib.main_branch(export.load_export(export_dir).variables)['params']) == {
+      'backbone', 'head'}
+  assert description['num_params'] == plain_param_count(dy_config)
+  assert from_export == from_checkpoint
+  assert from_checkpoint['accuracy'] == pytest.approx(result['val']['accuracy'])
+  assert from_checkpoint['loss'] == pytest.approx(result['val']['loss'], rel=1e-5)

@@ -77,11 +77,13 @@ def _sigterm_flag() -> Iterator[Callable[[], bool]]:
 
 @jax.jit
 def _all_finite(tree: Any) -> jax.Array:
+  """Scalar bool: every element of every array in `tree` is finite."""
   return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
 def _check_finite(pending: list[tuple[int, Any]], state: Any) -> None:
-  """Raises NonFiniteLossError at the first pending step whose loss is not finite."""
+  """Raises NonFiniteLossError at the first pending (step, metrics) whose loss is not finite,
+  or if `state`'s parameters or BatchNorm statistics are not finite."""
   losses = jax.device_get([metrics['loss'] for _, metrics in pending])
   for (step, _), loss in zip(pending, losses):
     if not np.isfinite(loss):

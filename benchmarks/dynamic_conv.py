@@ -2,66 +2,55 @@
 
   python -m benchmarks.dynamic_conv [--batch_size 128] [--steps 10] [--width 1.0]
 
-One device, random CIFAR-shaped data (32x32x3, 10 classes), a jitted step of plain
-cross-entropy + SGD. Throughput is the median over the timed steps, after two warm-up steps.
+The project's own train step (plain cross-entropy, SGD, under the shard_map wrapper) on one
+device, on random CIFAR-shaped batches. Throughput is the median over the timed steps, after
+two warm-up steps; run it on a quiet machine.
 """
 import argparse
 import time
 
-import flax.linen as nn
 import jax
 import numpy as np
-import optax
 
-from sila_jax import backbones
+from configs import default
 from sila_jax import model as model_lib
-
-NUM_CLASSES = 10
-
-
-class Classifier(nn.Module):
-  """images (B, 32, 32, 3) -> logits (B, NUM_CLASSES): a backbone and a linear head."""
-  backbone: nn.Module
-
-  @nn.compact
-  def __call__(self, images, train: bool):
-    features, _ = self.backbone(images, train=train)
-    return nn.Dense(NUM_CLASSES)(features)
+from sila_jax import optimizer as optimizer_lib
+from sila_jax import parallel as parallel_lib
+from sila_jax import train_step as train_step_lib
 
 
 def measure(name: str, batch_size: int, steps: int, width: float) -> dict[str, float]:
-  """Parameters, forward FLOPs and median train-step images/s of backbone `name`."""
-  model = Classifier(backbones.create_backbone(name, width=width))
-  images = jax.random.normal(jax.random.PRNGKey(0), (batch_size, 32, 32, 3))
-  labels = jax.random.randint(jax.random.PRNGKey(1), (batch_size,), 0, NUM_CLASSES)
-  variables = model.init(jax.random.PRNGKey(2), images, train=False)
-  tx = optax.sgd(0.1, momentum=0.9)
-  opt_state = tx.init(variables['params'])
+  """Parameters, forward FLOPs and median train-step images/s of model `name`."""
+  config = default.get_config()
+  config.update(model=name, width=width, batch_size=batch_size)
+  config.sila.enabled = False
+  model = model_lib.create_model(config, bn_axis_name=train_step_lib.AXIS)
+  schedule = optimizer_lib.learning_rate_schedule(config, 1000, 100)
+  tx = optimizer_lib.create_optimizer(config, schedule)
+  tau = (optimizer_lib.attention_temperature_schedule(config, 100)
+         if model_lib.is_dynamic(config) else None)
+  state = train_step_lib.create_train_state(model, tx, jax.random.PRNGKey(0), (32, 32, 3))
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.normal(size=(batch_size, 32, 32, 3)).astype(np.float32),
+           'label': rng.integers(0, 10, batch_size).astype(np.int32)}
 
   # XLA's count includes DynamicConv's multiplications by padding zeros and its per-tap adds,
   # which it leaves out for a static conv: mixing the kernels alone adds about 3% to ResNet-20.
-  forward = jax.jit(lambda variables, images: model.apply(variables, images, train=False))
-  flops = forward.lower(variables, images).compile().cost_analysis()['flops']
+  plain = model_lib.create_model(config)
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  forward = jax.jit(lambda variables, images: plain.apply(variables, images, train=False))
+  flops = forward.lower(variables, batch['image']).compile().cost_analysis()['flops']
 
-  @jax.jit
-  def train_step(variables, opt_state, images, labels):
-    def loss_fn(params):
-      logits, updates = model.apply({**variables, 'params': params}, images, train=True,
-                                    mutable=['batch_stats'])
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-      return loss, updates
-    grads, updates = jax.grad(loss_fn, has_aux=True)(variables['params'])
-    deltas, opt_state = tx.update(grads, opt_state)
-    return {'params': optax.apply_updates(variables['params'], deltas), **updates}, opt_state
-
+  parallel = parallel_lib.ShardMapParallel(
+      train_step_lib.make_train_step(model, tx, schedule, config, tau), jax.devices()[:1])
+  device_state, device_batch = parallel.put_state(state), parallel.put_batch(batch)
   times = []
   for step in range(steps + 2):
     start = time.perf_counter()
-    variables, opt_state = jax.block_until_ready(
-        train_step(variables, opt_state, images, labels))
+    device_state, _ = jax.block_until_ready(parallel.train_step(device_state, device_batch))
     if step >= 2:  # The first step compiles, the second may still warm caches.
       times.append(time.perf_counter() - start)
-  return dict(params=model_lib.count_params(variables['params']), flops=flops,
+  return dict(params=model_lib.count_params(state.params), flops=flops,
               images_per_s=batch_size / np.median(times))
 
 

@@ -7,6 +7,7 @@ digest of every array, the validation accuracy if any). Orbax writes a checkpoin
 temporary directory and renames it when complete, so a write cut off never looks like a
 checkpoint; the digests catch files damaged afterwards.
 """
+import contextlib
 import hashlib
 import logging
 import os
@@ -169,33 +170,34 @@ def _move_aside(directory: str, step: int) -> str:
   return destination
 
 
-def restore_main_branch(manager: ocp.CheckpointManager, abstract_variables: dict[str, Any],
-                        config: ml_collections.ConfigDict) -> tuple[dict[str, Any], dict[str, Any]]:
-  """Reads only {backbone, head} parameters and BatchNorm statistics of the latest step.
+def restore_main_branch(workdir: str, config: ml_collections.ConfigDict,
+                        which: str = LATEST) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Reads only the plain model's parameters and BatchNorm statistics ({backbone, head}) of
+  `workdir`'s latest (or best) checkpoint; Siamese heads and optimizer state are not read.
 
-  Args:
-    abstract_variables: {'params', 'batch_stats'} of the plain model as
-      jax.ShapeDtypeStruct leaves.
   Returns:
     (meta, variables): meta has 'step' and 'attention_temperature'; variables are ready for
-    `model.apply`. Siamese heads, if saved, are not read.
+    the plain model's `apply`.
   Raises:
     CheckpointError: no checkpoint, a corrupt one, or one written for another model.
   """
-  step = manager.latest_step()
-  if step is None:
-    raise CheckpointError(f'No checkpoint in {manager.directory}.')
-  try:
-    meta = read_meta(manager, step)
-  except Exception as e:
-    raise CheckpointError(f'The checkpoint at step {step} in {manager.directory} is corrupt: '
-                          f'unreadable metadata ({_first_line(e)}).') from e
-  check_model(meta, config, MAIN_BRANCH_FIELDS, str(manager.directory))
-  try:
-    variables = restore(manager, step, model_lib.main_branch(abstract_variables), meta)
-  except CheckpointError as e:
-    raise CheckpointError(f'The checkpoint at step {step} in {manager.directory} is corrupt: '
-                          f'{e}.') from e
+  plain = model_lib.create_model(config, main_branch_only=True)
+  target = model_lib.main_branch(model_lib.abstract_variables(plain, config.image_size))
+  with contextlib.closing(create_manager(workdir, which)) as manager:
+    step = manager.latest_step()
+    if step is None:
+      raise CheckpointError(f'No checkpoint in {manager.directory}.')
+    try:
+      meta = read_meta(manager, step)
+    except Exception as e:
+      raise CheckpointError(f'The checkpoint at step {step} in {manager.directory} is corrupt: '
+                            f'unreadable metadata ({_first_line(e)}).') from e
+    check_model(meta, config, MAIN_BRANCH_FIELDS, str(manager.directory))
+    try:
+      variables = restore(manager, step, target, meta)
+    except CheckpointError as e:
+      raise CheckpointError(f'The checkpoint at step {step} in {manager.directory} is corrupt: '
+                            f'{e}.') from e
   return {'attention_temperature': 1.0, **meta, 'step': step}, variables
 
 

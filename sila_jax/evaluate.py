@@ -92,13 +92,8 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, split: str
   """
   config_checks.check_config(config, jax.device_count())
   split = split or config.eval_split
+  meta, variables = checkpoint.restore_main_branch(workdir, config, which)
   model = model_lib.create_model(config, main_branch_only=True)
-  manager = checkpoint.create_manager(workdir, which)
-  try:
-    meta, variables = checkpoint.restore_main_branch(
-        manager, model_lib.abstract_variables(model, config.image_size), config)
-  finally:
-    manager.close()
   result = evaluate_variables(config, model, variables, split, meta['attention_temperature'])
   result['step'] = meta['step']
   _write(result, os.path.join(workdir, split_filename(

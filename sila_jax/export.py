@@ -45,13 +45,7 @@ def export(config: ml_collections.ConfigDict, workdir: str, export_dir: str,
   The directory appears complete or not at all. Returns the description written.
   """
   config_checks.check_config(config, jax.device_count())
-  model = model_lib.create_model(config, main_branch_only=True)
-  manager = checkpoint.create_manager(workdir, which)
-  try:
-    meta, variables = checkpoint.restore_main_branch(
-        manager, model_lib.abstract_variables(model, config.image_size), config)
-  finally:
-    manager.close()
+  meta, variables = checkpoint.restore_main_branch(workdir, config, which)
   payload = flax.serialization.msgpack_serialize(variables)
   description = {
       'model': {field: config_checks.get_field(config, field) for field in MODEL_FIELDS},

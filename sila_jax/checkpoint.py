@@ -68,19 +68,11 @@ def save(manager: ocp.CheckpointManager, state: Any, config: ml_collections.Conf
   `attention_temperature` (dynamic convolutions) is the one evaluation of this step uses.
   """
   tree = jax.tree_util.tree_map(_host, flax.serialization.to_state_dict(state))
-  meta = {'config': config.to_dict(), 'digests': _digests(tree), 'step': int(tree['step']),
+  step = int(tree['step'])
+  meta = {'config': config.to_dict(), 'digests': _digests(tree), 'step': step,
           'attention_temperature': attention_temperature, 'val_accuracy': val_accuracy}
-  manager.save(int(tree['step']), args=ocp.args.Composite(
-      state=ocp.args.PyTreeSave(tree), meta=ocp.args.JsonSave(_json_safe(meta))))
-
-
-def _json_safe(tree: Any) -> Any:
-  """Tuples to lists, so the config survives JSON."""
-  if isinstance(tree, dict):
-    return {k: _json_safe(v) for k, v in tree.items()}
-  if isinstance(tree, (tuple, list)):
-    return [_json_safe(v) for v in tree]
-  return tree
+  manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.PyTreeSave(tree), meta=ocp.args.JsonSave(meta)))
 
 
 def read_meta(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:

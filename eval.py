@@ -37,6 +37,10 @@ def main(argv):
   print(f"{result['split']}: accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  "
         f"examples {result['num_examples']}  parameters {result['num_params']}  "
         f"(step {result['step']})")
+  peer_accuracies = [f'{name[:-len("/accuracy")]} {value:.4f}' for name, value in result.items()
+                     if name.endswith('/accuracy')]
+  if peer_accuracies:
+    print('DML accuracy: ' + '  '.join(peer_accuracies))
 
 
 if __name__ == '__main__':

@@ -1,5 +1,7 @@
 """Export the main branch for inference: python export.py --config=... --workdir=/tmp/run.
 
+A DML run exports one peer at a time: --peer=i (default 0).
+
 Writes <export_dir> (default <workdir>/export): variables.msgpack with the backbone's and
 main head's parameters and BatchNorm statistics, and model.json describing the plain model.
 """
@@ -18,7 +20,8 @@ _CHECKPOINT = flags.DEFINE_enum('checkpoint', checkpoint.LATEST,
                                 list(checkpoint.DIRECTORIES),
                                 'Which checkpoint to export: the latest or the best.')
 _EXPORT_DIR = flags.DEFINE_string('export_dir', None, 'Output directory; default '
-                                  '<workdir>/export.')
+                                  '<workdir>/export (DML peer i > 0: <workdir>/export_peer_<i>).')
+_PEER = flags.DEFINE_integer('peer', 0, 'DML runs: which peer to export (each ships alone).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -26,8 +29,10 @@ def main(argv):
   del argv
   tf.config.set_visible_devices([], 'GPU')
   checkpoint.quiet_orbax_logs()
-  export_dir = _EXPORT_DIR.value or f'{_WORKDIR.value}/export'
-  description = export.export(_CONFIG.value, _WORKDIR.value, export_dir, _CHECKPOINT.value)
+  export_dir = _EXPORT_DIR.value or (f'{_WORKDIR.value}/export' if not _PEER.value
+                                     else f'{_WORKDIR.value}/export_peer_{_PEER.value}')
+  description = export.export(_CONFIG.value, _WORKDIR.value, export_dir, _CHECKPOINT.value,
+                              _PEER.value)
   print(f"Exported step {description['step']} ({description['num_params']} parameters, "
         f'main branch only) to {export_dir}.')
 

@@ -28,7 +28,7 @@ def measure(name: str, batch_size: int, steps: int, width: float) -> dict[str, f
   schedule = optimizer_lib.learning_rate_schedule(config, 1000, 100)
   tx = optimizer_lib.create_optimizer(config, schedule)
   tau = (optimizer_lib.attention_temperature_schedule(config, 100)
-         if model_lib.is_dynamic(config) else None)
+         if model_lib.is_dynamic(name) else None)
   state = train_step_lib.create_train_state(model, tx, jax.random.PRNGKey(0), (32, 32, 3))
   rng = np.random.default_rng(0)
   batch = {'image': rng.normal(size=(batch_size, 32, 32, 3)).astype(np.float32),

@@ -42,6 +42,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.sila.temperature = 1.0  # T of the consistency term.
   config.label_smoothing = 0.0  # Applies to every cross-entropy term alike.
 
+  # Deep Mutual Learning (SILA.md "SiLa + DML"): num_peers > 1 trains that many peers
+  # together, each with its own optimizer state (and Siamese heads when sila.enabled); each
+  # adds weight * mean_j T^2 KL(sg(p_j) || p_i) on its main head. 1 is single-model training.
+  config.dml = ml_collections.ConfigDict()
+  config.dml.num_peers = 1
+  config.dml.models = ()  # One model name per peer (heterogeneous peers); () = `model` for all.
+  config.dml.temperature = 1.0
+  config.dml.weight = 1.0
+  config.dml.independent_augment = False  # Each peer its own augmentation of the same images.
+
   # Optimisation.
   config.batch_size = 128  # Global, over all devices.
   config.num_epochs = 200

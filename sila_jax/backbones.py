@@ -12,12 +12,16 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from sila_jax import conv
 from sila_jax.dynamic_conv import DynamicConv
 
 ModuleDef = Any
 
 # He-normal over fan-out, as in the reference ResNet implementations.
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+# Every static convolution: bias-free, He-initialised, one convolution per DML peer under vmap.
+Conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init,
+                         conv_general_dilated=conv.conv_general_dilated)
 
 
 def scaled(channels: int, width: float) -> int:
@@ -36,8 +40,8 @@ def conv3x3(features: int, strides: int, dynamic: bool, num_kernels: int):
   """A bias-free 3x3 conv as a function of (x, temperature); only a dynamic one uses the latter."""
   if dynamic:
     return DynamicConv(features, strides=strides, num_kernels=num_kernels)
-  conv = nn.Conv(features, (3, 3), strides, padding=1, use_bias=False, kernel_init=conv_init)
-  return lambda x, temperature: conv(x)
+  static = Conv(features, (3, 3), strides, padding=1)
+  return lambda x, temperature: static(x)
 
 
 class BasicBlock(nn.Module):
@@ -65,8 +69,7 @@ class BasicBlock(nn.Module):
     shortcut = x
     if self.strides != 1 or x.shape[-1] != self.features:
       if self.projection:
-        shortcut = nn.Conv(self.features, (1, 1), self.strides, use_bias=False,
-                           kernel_init=conv_init)(x)
+        shortcut = Conv(self.features, (1, 1), self.strides)(x)
         shortcut = self.norm()(shortcut)
       else:
         shortcut = x[:, ::self.strides, ::self.strides, :]
@@ -141,15 +144,14 @@ class WideBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init)
     pre = nn.relu(self.norm()(x))
-    y = conv(self.features, (3, 3), self.strides, padding=1)(pre)
+    y = Conv(self.features, (3, 3), self.strides, padding=1)(pre)
     y = nn.relu(self.norm()(y))
     y = nn.Dropout(self.dropout_rate, deterministic=not self.train)(y)
-    y = conv(self.features, (3, 3), padding=1)(y)
+    y = Conv(self.features, (3, 3), padding=1)(y)
     shortcut = x
     if self.strides != 1 or x.shape[-1] != self.features:
-      shortcut = conv(self.features, (1, 1), self.strides)(pre)
+      shortcut = Conv(self.features, (1, 1), self.strides)(pre)
     return y + shortcut
 
 
@@ -167,8 +169,7 @@ class WideResNet(nn.Module):
       raise ValueError(f'Wide ResNet depth must be 6n+4, got {self.depth}.')
     blocks = (self.depth - 4) // 6
     norm = batch_norm(train, self.bn_axis_name)
-    x = nn.Conv(scaled(16, self.width), (3, 3), padding=1, use_bias=False,
-                kernel_init=conv_init)(x)
+    x = Conv(scaled(16, self.width), (3, 3), padding=1)(x)
     stages = []
     for stage, channels in enumerate((16, 32, 64)):
       for block in range(blocks):

@@ -23,6 +23,7 @@ import orbax.checkpoint as ocp
 
 from configs import default
 from sila_jax import model as model_lib
+from sila_jax import peers
 from sila_jax.config_checks import get_field
 from sila_jax.errors import CheckpointError
 
@@ -30,7 +31,8 @@ LATEST, BEST = 'latest', 'best'
 DIRECTORIES = {LATEST: 'checkpoints', BEST: 'best'}  # Under the workdir.
 CORRUPT = 'corrupt_checkpoints'  # Where training moves checkpoints it cannot read.
 # Fields that fix the shapes of the main branch, and of everything training restores.
-MAIN_BRANCH_FIELDS = ('model', 'width', 'num_classes', 'dynamic.num_kernels')
+MAIN_BRANCH_FIELDS = ('model', 'width', 'num_classes', 'dynamic.num_kernels', 'dml.num_peers',
+                      'dml.models')
 TRAINING_FIELDS = MAIN_BRANCH_FIELDS + ('sila.enabled', 'sila.num_heads', 'sila.head',
                                         'sila.attach')
 
@@ -85,9 +87,10 @@ def check_model(meta: dict[str, Any], config: ml_collections.ConfigDict,
   """Raises CheckpointError if the checkpoint's model differs from `config`'s in `fields`."""
   def saved(field):  # A field added since the checkpoint was written has its default.
     try:
-      return get_field(meta['config'], field)
+      value = get_field(meta['config'], field)
     except KeyError:
-      return get_field(default.get_config(), field)
+      value = get_field(default.get_config(), field)
+    return tuple(value) if isinstance(value, list) else value  # JSON has no tuples.
 
   differ = [f'{f}={saved(f)!r} (config: {get_field(config, f)!r})'
             for f in fields if saved(f) != get_field(config, f)]
@@ -169,12 +172,17 @@ def restore_main_branch(workdir: str, config: ml_collections.ConfigDict,
 
   Returns:
     (meta, variables): meta has 'step' and 'attention_temperature'; variables are ready for
-    the plain model's `apply`.
+    the plain model's `apply` (DML: every peer's, for peers.apply with main-branch groups).
   Raises:
     CheckpointError: no checkpoint, a corrupt one, or one written for another model.
   """
-  plain = model_lib.create_model(config, main_branch_only=True)
-  target = model_lib.main_branch(model_lib.abstract_variables(plain, config.image_size))
+  if peers.is_dml(config):
+    abstract = peers.abstract_variables(peers.create_groups(config, main_branch_only=True),
+                                        config.image_size)
+  else:
+    abstract = model_lib.abstract_variables(
+        model_lib.create_model(config, main_branch_only=True), config.image_size)
+  target = flax.serialization.to_state_dict(abstract)
   with contextlib.closing(create_manager(workdir, which)) as manager:
     step = manager.latest_step()
     if step is None:
@@ -190,7 +198,8 @@ def restore_main_branch(workdir: str, config: ml_collections.ConfigDict,
     except CheckpointError as e:
       raise CheckpointError(f'The checkpoint at step {step} in {manager.directory} is corrupt: '
                             f'{e}.') from e
-  return {'attention_temperature': 1.0, **meta, 'step': step}, variables
+  return ({'attention_temperature': 1.0, **meta, 'step': step},
+          flax.serialization.from_state_dict(abstract, variables))
 
 
 def best_accuracy(manager: ocp.CheckpointManager) -> float:

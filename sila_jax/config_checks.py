@@ -51,6 +51,13 @@ def _value_problems(config: ml_collections.ConfigDict, num_devices: int) -> Iter
     value = get_field(config, path)
     if value not in allowed:
       yield f"Unknown {path} {value!r}; choose one of {', '.join(map(str, allowed))}."
+  for name in config.dml.models:
+    if name not in backbones.BACKBONES:
+      yield (f"Unknown model {name!r} in dml.models; choose from "
+             f"{', '.join(backbones.BACKBONES)}.")
+  if config.dml.models and len(config.dml.models) != config.dml.num_peers:
+    yield (f'dml.models names {len(config.dml.models)} models but dml.num_peers is '
+           f'{config.dml.num_peers}; give one model per peer.')
   try:
     heads.parse_attach(config.sila.attach)
   except ValueError as e:
@@ -59,12 +66,12 @@ def _value_problems(config: ml_collections.ConfigDict, num_devices: int) -> Iter
   positive = ('batch_size', 'eval_batch_size', 'num_classes', 'image_size', 'width',
               'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
               'optimizer.learning_rate', 'sila.num_heads', 'sila.temperature',
-              'dynamic.num_kernels', 'dynamic.tau_start')
+              'dynamic.num_kernels', 'dynamic.tau_start', 'dml.num_peers', 'dml.temperature')
   for path in positive:
     if not get_field(config, path) > 0:
       yield f'{path} must be positive, got {get_field(config, path)}.'
   for path in ('sila.weight', 'sila.kl_weight', 'optimizer.weight_decay',
-               'optimizer.warmup_epochs', 'dropout_rate', 'dynamic.tau_epochs'):
+               'optimizer.warmup_epochs', 'dropout_rate', 'dynamic.tau_epochs', 'dml.weight'):
     if get_field(config, path) < 0:
       yield f'{path} must not be negative, got {get_field(config, path)}.'
   if not 0 <= config.label_smoothing < 1:

@@ -17,6 +17,7 @@ from sila_jax import export as export_lib
 from sila_jax import input_pipeline
 from sila_jax import model as model_lib
 from sila_jax import parallel
+from sila_jax import peers
 from sila_jax.errors import DataError
 from sila_jax.train_step import AXIS
 
@@ -38,9 +39,32 @@ def make_eval_step(model: model_lib.SilaClassifier):
   return eval_step
 
 
+def make_peer_eval_step(groups: tuple[peers.Group, ...]):
+  """Like make_eval_step, for DML peers (variables as in peers.apply): per-peer sums
+  'peer_<i>/loss' and 'peer_<i>/correct', those of the ensemble (the mean of the peers'
+  probabilities) as 'ensemble/...', and peer 0's again as 'loss' and 'correct'."""
+  @jax.jit
+  def eval_step(variables, batch, temperature):
+    logits, _, _ = peers.apply(groups, variables, batch['image'], train=False,
+                               temperature=temperature)
+    mask, labels = batch['mask'], batch['label']
+    log_probs = jax.nn.log_softmax(logits)  # (K, B, C)
+    predictions = {f'peer_{i}': peer_log_probs for i, peer_log_probs in enumerate(log_probs)}
+    predictions['ensemble'] = jax.nn.logsumexp(log_probs, axis=0) - jnp.log(len(log_probs))
+    sums = {'count': jnp.sum(mask)}
+    for name, scores in predictions.items():
+      nll = -jnp.take_along_axis(scores, labels[:, None], axis=-1)[:, 0]
+      sums[f'{name}/loss'] = jnp.sum(nll * mask)
+      sums[f'{name}/correct'] = jnp.sum((jnp.argmax(scores, -1) == labels) * mask)
+    sums['loss'], sums['correct'] = sums['peer_0/loss'], sums['peer_0/correct']
+    return sums
+  return eval_step
+
+
 def evaluate(eval_step, variables: dict[str, Any], batches: Iterable[dict[str, Any]],
              mesh: Mesh, temperature: float = 1.0) -> dict[str, float]:
-  """Accuracy, mean cross-entropy and example count over `batches`, split over `mesh`."""
+  """Means over `batches` (split over `mesh`) of eval_step's sums, and the example count:
+  'correct' sums become accuracies ('peer_0/correct' -> 'peer_0/accuracy')."""
   variables = jax.device_put(variables, NamedSharding(mesh, P()))
   sharding = NamedSharding(mesh, P(AXIS))
   totals = None
@@ -50,9 +74,10 @@ def evaluate(eval_step, variables: dict[str, Any], batches: Iterable[dict[str, A
   if totals is None:
     raise ValueError('The evaluation split is empty.')
   totals = jax.device_get(totals)
-  count = int(totals['count'])
-  return {'accuracy': float(totals['correct']) / count, 'loss': float(totals['loss']) / count,
-          'num_examples': count}
+  count = int(totals.pop('count'))
+  means = {name.replace('correct', 'accuracy'): float(total) / count
+           for name, total in totals.items()}
+  return {**means, 'num_examples': count}
 
 
 def split_filename(split: str, prefix: str = 'eval') -> str:
@@ -60,19 +85,32 @@ def split_filename(split: str, prefix: str = 'eval') -> str:
   return prefix + '_' + re.sub(r'[^\w.-]+', '_', split).strip('_') + '.json'
 
 
-def evaluate_variables(config: ml_collections.ConfigDict, model: model_lib.SilaClassifier,
-                       variables: dict[str, Any], split: str,
-                       temperature: float = 1.0) -> dict[str, Any]:
-  """Accuracy, loss and example count of `model` with `variables` on `split` of the data."""
+def make_main_branch_eval_step(config: ml_collections.ConfigDict):
+  """The eval step of `config`'s deployable model(s): the plain model, or every DML peer's."""
+  if peers.is_dml(config):
+    return make_peer_eval_step(peers.create_groups(config, main_branch_only=True))
+  return make_eval_step(model_lib.create_model(config, main_branch_only=True))
+
+
+def deployable_params(config: ml_collections.ConfigDict, variables: dict[str, Any]) -> int:
+  """Parameters of the model that ships: the main branch (of peer 0 in a DML run)."""
+  if peers.is_dml(config):
+    variables = peers.peer_variables(config, peers.main_branch(variables), 0)
+  return model_lib.count_params(model_lib.main_branch(variables)['params'])
+
+
+def evaluate_variables(config: ml_collections.ConfigDict, eval_step, variables: dict[str, Any],
+                       split: str, temperature: float = 1.0) -> dict[str, Any]:
+  """`evaluate` of eval_step with `variables` on `split` of `config`'s data; adds num_params."""
   data = input_pipeline.load_split(config, split, drop_remainder=False)
   if data.num_classes != config.num_classes:
     raise DataError(f'The model has {config.num_classes} classes but split {split!r} of '
                     f'{config.dataset} has {data.num_classes}.')
   local_batch = config.eval_batch_size // jax.process_count()
   mesh = Mesh(np.asarray(jax.devices()), (AXIS,))
-  result = evaluate(make_eval_step(model), variables,
-                    input_pipeline.eval_batches(data, config, local_batch), mesh, temperature)
-  result.update(split=split, num_params=model_lib.count_params(variables['params']))
+  result = evaluate(eval_step, variables, input_pipeline.eval_batches(data, config, local_batch),
+                    mesh, temperature)
+  result.update(split=split, num_params=deployable_params(config, variables))
   return result
 
 
@@ -88,13 +126,15 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, split: str
 
   Builds the plain model (no Siamese heads), restores only its parameters and writes
   <workdir>/eval_<split>.json (best: best_<split>.json) with accuracy, loss,
-  num_examples, num_params and step. `split` defaults to config.eval_split.
+  num_examples, num_params and step. A DML run adds peer_<i>/accuracy, peer_<i>/loss and
+  ensemble/accuracy, ensemble/loss; accuracy and loss are peer 0's, num_params one peer's.
+  `split` defaults to config.eval_split.
   """
   config_checks.check_config(config, jax.device_count())
   split = split or config.eval_split
   meta, variables = checkpoint.restore_main_branch(workdir, config, which)
-  model = model_lib.create_model(config, main_branch_only=True)
-  result = evaluate_variables(config, model, variables, split, meta['attention_temperature'])
+  result = evaluate_variables(config, make_main_branch_eval_step(config), variables, split,
+                              meta['attention_temperature'])
   result['step'] = meta['step']
   _write(result, os.path.join(workdir, split_filename(
       split, 'best' if which == checkpoint.BEST else 'eval')))
@@ -110,12 +150,11 @@ def evaluate_export(config: ml_collections.ConfigDict, export_dir: str,
   config_checks.check_config(config, jax.device_count())
   split = split or config.eval_split
   exported = export_lib.load_export(export_dir)
-  data_config = config.copy_and_resolve_references()  # The data, prepared as the model expects.
+  data_config = peers.peer_config(config, 0)  # The data, prepared as the model expects.
   data_config.update_from_flattened_dict(
       {field: config_checks.get_field(exported.config, field) for field in export_lib.MODEL_FIELDS})
-  model = model_lib.create_model(exported.config, main_branch_only=True)
-  result = evaluate_variables(data_config, model, exported.variables, split,
-                              exported.attention_temperature)
+  result = evaluate_variables(data_config, make_main_branch_eval_step(exported.config),
+                              exported.variables, split, exported.attention_temperature)
   result['step'] = exported.step
   _write(result, os.path.join(export_dir, split_filename(split)))
   return result

@@ -26,7 +26,7 @@ class StageAdapter(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = nn.Conv(self.features, (1, 1), use_bias=False, kernel_init=backbones.conv_init)(x)
+    x = backbones.Conv(self.features, (1, 1))(x)
     x = nn.relu(backbones.batch_norm(train, self.bn_axis_name)()(x))
     return jnp.mean(x, axis=(1, 2))
 

@@ -165,12 +165,15 @@ def _deterministic(ds: tf.data.Dataset) -> tf.data.Dataset:
 
 
 def train_batches(split: Split, config: ml_collections.ConfigDict, batch_size: int, *,
-                  seed: int, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+                  seed: int, start_step: int = 0, views: int = 1
+                  ) -> Iterator[dict[str, np.ndarray]]:
   """Endless augmented batches {'image': (b, H, W, 3) f32, 'label': (b,) i32}, b = batch_size.
 
   Epoch e visits the split in an order drawn from (seed, e), and the n-th example of the
   stream is augmented with the seed (seed, n); so the stream is a function of `seed` alone
   and resuming at `start_step` starts directly at its epoch and index within it.
+  With `views` > 1, images are (b, views, H, W, 3): view 0 as above, view v augmented with
+  (seed, n) folded with v (DML peers with independent augmentation).
   """
   examples = split.dataset.cache() if config.cache else split.dataset
   n = split.num_examples
@@ -182,8 +185,12 @@ def train_batches(split: Split, config: ml_collections.ConfigDict, batch_size: i
     return order.enumerate(start=e * n)
 
   def prepare(index, example):
-    image = augment(example['image'], tf.stack([tf.constant(seed, tf.int64), index]))
-    return {'image': normalize(image, config), 'label': tf.cast(example['label'], tf.int32)}
+    example_seed = tf.stack([tf.constant(seed, tf.int64), index])
+    seeds = [example_seed] + [tf.random.experimental.stateless_fold_in(example_seed, v)
+                              for v in range(1, views)]
+    images = [normalize(augment(example['image'], s), config) for s in seeds]
+    return {'image': images[0] if views == 1 else tf.stack(images),
+            'label': tf.cast(example['label'], tf.int32)}
 
   ds = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max).flat_map(epoch)
   ds = ds.skip(start_index).map(prepare, num_parallel_calls=tf.data.AUTOTUNE)

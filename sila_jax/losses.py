@@ -73,3 +73,17 @@ def sila_loss(logits, siamese_logits, labels, *, variant='twin', weight=1.0, kl_
       'loss_siamese': jnp.mean(optax.softmax_cross_entropy(siamese_logits, targets)),
       'loss_kl': jnp.mean(kl),
   }
+
+
+def mimicry_loss(logits: jax.Array, temperature: float = 1.0) -> jax.Array:
+  """DML's mimicry term of each peer: logits (K, B, C) of K >= 2 peers -> (K, B).
+
+  Peer i's term is (1 / (K - 1)) sum_{j != i} T^2 KL(stop_gradient(p_j) || p_i), with
+  p = softmax(logits / T): it pulls peer i towards the others and never the reverse.
+  """
+  num_peers = logits.shape[0]
+  # pairwise[i, j] = T^2 KL(sg(p_j) || p_i); the diagonal is masked so that not even
+  # rounding in KL(p_i || p_i) reaches the gradient.
+  pairwise = kl_divergence(logits[None, :], logits[:, None], temperature)
+  off_diagonal = 1.0 - jnp.eye(num_peers)[:, :, None]
+  return jnp.sum(pairwise * off_diagonal, axis=1) / (num_peers - 1)

@@ -57,9 +57,9 @@ def create_model(config: ml_collections.ConfigDict, *, main_branch_only: bool = 
       bn_axis_name=bn_axis_name)
 
 
-def is_dynamic(config: ml_collections.ConfigDict) -> bool:
-  """Whether the backbone has dynamic convolutions, and so an attention temperature."""
-  return config.model.startswith('dy_')
+def is_dynamic(model: str) -> bool:
+  """Whether backbone `model` has dynamic convolutions, and so an attention temperature."""
+  return model.startswith('dy_')
 
 
 def abstract_variables(model: nn.Module, image_size: int) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from sila_jax import input_pipeline
 from sila_jax import model as model_lib
 from sila_jax import optimizer as optimizer_lib
 from sila_jax import parallel as parallel_lib
+from sila_jax import peers
 from sila_jax import train_step as train_step_lib
 from sila_jax.errors import DataError, NonFiniteLossError
 
@@ -123,20 +124,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                      else config.num_epochs * steps_per_epoch)
   eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
 
-  # Model, optimizer, state: the newest readable checkpoint, or a fresh start.
-  model = model_lib.create_model(config, bn_axis_name=train_step_lib.AXIS)
+  # Model (or DML peers), optimizer, state: the newest readable checkpoint, or a fresh start.
   schedule = optimizer_lib.learning_rate_schedule(config, num_train_steps, steps_per_epoch)
   tx = optimizer_lib.create_optimizer(config, schedule)
   temperature_schedule = (optimizer_lib.attention_temperature_schedule(config, steps_per_epoch)
-                          if model_lib.is_dynamic(config) else None)
+                          if any(map(model_lib.is_dynamic, peers.peer_models(config))) else None)
 
   def attention_temperature(step: int) -> float:
     return float(temperature_schedule(step)) if temperature_schedule else 1.0
   image_shape = (config.image_size, config.image_size, 3)
-
-  def initial_state():
-    return train_step_lib.create_train_state(model, tx, jax.random.PRNGKey(config.seed),
-                                             image_shape)
+  rng = jax.random.PRNGKey(config.seed)
+  dml = peers.is_dml(config)
+  if dml:
+    groups = peers.create_groups(config, bn_axis_name=train_step_lib.AXIS)
+    step_fn = train_step_lib.make_peer_train_step(groups, tx, schedule, config,
+                                                  temperature_schedule)
+    initial_state = lambda: train_step_lib.create_peer_train_state(groups, tx, rng, image_shape)
+    main_branch = peers.main_branch
+  else:
+    model = model_lib.create_model(config, bn_axis_name=train_step_lib.AXIS)
+    step_fn = train_step_lib.make_train_step(model, tx, schedule, config, temperature_schedule)
+    initial_state = lambda: train_step_lib.create_train_state(model, tx, rng, image_shape)
+    main_branch = model_lib.main_branch
 
   # Closing the managers waits for checkpoints being written, whatever stops the run.
   with contextlib.closing(checkpoint.create_manager(workdir, checkpoint.LATEST,
@@ -160,23 +169,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     best_accuracy = checkpoint.best_accuracy(best_manager)
     logging.info('Parameters: %d in training, %d at test time.',
                  model_lib.count_params(state.params),
-                 model_lib.count_params(model_lib.main_branch({'params': state.params})['params']))
+                 evaluate_lib.deployable_params(
+                     config, {'params': state.params, 'batch_stats': state.batch_stats}))
 
     # Parallel update step.
-    parallel = parallel_lib.create_parallel(
-        config.parallel,
-        train_step_lib.make_train_step(model, tx, schedule, config, temperature_schedule),
-        devices)
+    parallel = parallel_lib.create_parallel(config.parallel, step_fn, devices)
     device_state = parallel.put_state(state)
 
-    # Evaluator: the plain model, main-branch variables only.
-    eval_step = evaluate_lib.make_eval_step(model_lib.create_model(config, main_branch_only=True))
+    # Evaluator: the plain model (every peer's), main-branch variables only.
+    eval_step = evaluate_lib.make_main_branch_eval_step(config)
     local_eval_batch = config.eval_batch_size // jax.process_count()
 
     def run_eval(step: int) -> dict[str, Any]:
       current = parallel.unreplicate(device_state)
-      variables = model_lib.main_branch(
-          {'params': current.params, 'batch_stats': current.batch_stats})
+      variables = main_branch({'params': current.params, 'batch_stats': current.batch_stats})
       metrics = evaluate_lib.evaluate(
           eval_step, variables, input_pipeline.eval_batches(eval_data, config, local_eval_batch),
           parallel.mesh, attention_temperature(step))
@@ -186,9 +192,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       return metrics
 
     # Training loop. Checkpoints are written only after the loss and parameters are checked.
+    # DML peers share each augmented batch unless dml.independent_augment gives each a view.
+    num_views = config.dml.num_peers if dml and config.dml.independent_augment else 1
     batches = input_pipeline.train_batches(train_data, config, local_batch,
                                            seed=config.seed + jax.process_index(),
-                                           start_step=start_step)
+                                           start_step=start_step, views=num_views)
     logging.info('Training steps %d..%d (%d per epoch), global batch %d on %d devices.',
                  start_step, num_train_steps, steps_per_epoch, config.batch_size, len(devices))
     status, train_metrics, val_metrics = 'trained', {}, {}

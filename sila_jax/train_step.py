@@ -1,4 +1,5 @@
-"""The per-device train step: one function, run under a `data` axis by both wrappers."""
+"""The per-device train step, run under a `data` axis by both wrappers: one model's
+(`train_step`), or K DML peers' (`peer_train_step`)."""
 import functools
 from typing import Any, Callable
 
@@ -8,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from sila_jax import losses
+from sila_jax import peers
 from sila_jax.model import SilaClassifier
 
 AXIS = 'data'
@@ -33,6 +35,23 @@ def create_train_state(model: SilaClassifier, tx: optax.GradientTransformation,
                     opt_state=tx.init(variables['params']), rng=rng)
 
 
+def create_peer_train_state(groups: tuple[peers.Group, ...], tx: optax.GradientTransformation,
+                            rng: jax.Array, image_shape: tuple[int, ...]) -> TrainState:
+  """Initial state of DML peers: params, batch_stats and opt_state are tuples over groups
+  whose leaves have a leading peer axis; every peer has its own optimizer state."""
+  init_rng, rng = jax.random.split(rng)
+  variables = peers.init_variables(groups, init_rng, image_shape)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
+                    batch_stats=variables['batch_stats'],
+                    opt_state=tuple(jax.vmap(tx.init)(p) for p in variables['params']),
+                    rng=rng)
+
+
+def _dropout_rng(state: TrainState) -> jax.Array:
+  """A fresh key per step and device."""
+  return jax.random.fold_in(jax.random.fold_in(state.rng, state.step), jax.lax.axis_index(AXIS))
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: SilaClassifier,
                tx: optax.GradientTransformation, loss_fn: Callable, schedule: optax.Schedule,
                temperature_schedule: optax.Schedule | None = None
@@ -48,9 +67,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: SilaCla
   Returns:
     The new state (identical on every device) and metrics averaged over devices.
   """
-  dropout_rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
-                                   jax.lax.axis_index(AXIS))
-
+  dropout_rng = _dropout_rng(state)
   extra = {}
   if temperature_schedule is not None:
     extra['temperature'] = temperature_schedule(state.step)
@@ -75,13 +92,83 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: SilaCla
   return new_state, metrics
 
 
+def peer_train_step(state: TrainState, batch: dict[str, jax.Array], *,
+                    groups: tuple[peers.Group, ...], tx: optax.GradientTransformation,
+                    loss_fn: Callable, mimicry_weight: float, mimicry_temperature: float,
+                    schedule: optax.Schedule, temperature_schedule: optax.Schedule | None = None
+                    ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One SGD step of K DML peers on this device's share of the batch, inside a `data` axis.
+
+  Peer i minimises its own loss_fn loss plus mimicry_weight times its mimicry term
+  (losses.mimicry_loss). The stop-gradient in that term makes the sum of the peers'
+  objectives have, for each peer, the gradient of its own objective, so one gradient of
+  the sum updates every peer. Each peer's optimizer state updates under vmap.
+
+  Args:
+    state: from create_peer_train_state.
+    batch: {'image': (b, H, W, 3) for every peer or (b, K, H, W, 3) one view per peer,
+      'label': (b,) int32}.
+  Returns:
+    The new state and metrics averaged over devices: `loss` and the loss_fn parts averaged
+    over peers, `loss_mimicry`, `peer_<i>/loss` and `peer_<i>/accuracy`, and `accuracy`
+    (peer 0's).
+  """
+  temperature = 1.0 if temperature_schedule is None else temperature_schedule(state.step)
+
+  def loss_and_aux(params):
+    logits, siamese_logits, batch_stats = peers.apply(
+        groups, {'params': params, 'batch_stats': state.batch_stats}, batch['image'],
+        train=True, rng=_dropout_rng(state), temperature=temperature)
+    peer_losses, peer_metrics = jax.vmap(loss_fn, in_axes=(0, 0, None))(
+        logits, siamese_logits, batch['label'])
+    mimicry = jnp.mean(losses.mimicry_loss(logits, mimicry_temperature), axis=1)
+    objectives = peer_losses + mimicry_weight * mimicry
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'], axis=1)
+    metrics = {name: jnp.mean(value) for name, value in peer_metrics.items()}
+    metrics.update(loss=jnp.mean(objectives), loss_mimicry=jnp.mean(mimicry),
+                   accuracy=accuracy[0])
+    for i in range(logits.shape[0]):
+      metrics[f'peer_{i}/loss'] = objectives[i]
+      metrics[f'peer_{i}/accuracy'] = accuracy[i]
+    return jnp.sum(objectives), (metrics, batch_stats)
+
+  grads, (metrics, batch_stats) = jax.grad(loss_and_aux, has_aux=True)(state.params)
+  grads = jax.lax.pmean(grads, AXIS)
+  metrics = jax.lax.pmean(metrics, AXIS)
+  metrics['learning_rate'] = schedule(state.step)
+  if temperature_schedule is not None:
+    metrics['attention_temperature'] = temperature
+  params, opt_state = [], []
+  for group_grads, group_opt_state, group_params in zip(grads, state.opt_state, state.params):
+    updates, new_opt_state = jax.vmap(tx.update)(group_grads, group_opt_state, group_params)
+    params.append(optax.apply_updates(group_params, updates))
+    opt_state.append(new_opt_state)
+  new_state = state.replace(step=state.step + 1, params=tuple(params), batch_stats=batch_stats,
+                            opt_state=tuple(opt_state))
+  return new_state, metrics
+
+
+def _loss_fn(config) -> Callable:
+  """sila_loss with the loss settings of `config`."""
+  return functools.partial(
+      losses.sila_loss, variant=config.sila.variant, weight=config.sila.weight,
+      kl_weight=config.sila.kl_weight, temperature=config.sila.temperature,
+      label_smoothing=config.label_smoothing)
+
+
 def make_train_step(model: SilaClassifier, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, config,
                     temperature_schedule: optax.Schedule | None = None) -> Callable:
   """`train_step` bound to a model, optimizer, schedules and the loss settings of `config`."""
-  loss_fn = functools.partial(
-      losses.sila_loss, variant=config.sila.variant, weight=config.sila.weight,
-      kl_weight=config.sila.kl_weight, temperature=config.sila.temperature,
-      label_smoothing=config.label_smoothing)
-  return functools.partial(train_step, model=model, tx=tx, loss_fn=loss_fn, schedule=schedule,
+  return functools.partial(train_step, model=model, tx=tx, loss_fn=_loss_fn(config),
+                           schedule=schedule, temperature_schedule=temperature_schedule)
+
+
+def make_peer_train_step(groups: tuple[peers.Group, ...], tx: optax.GradientTransformation,
+                         schedule: optax.Schedule, config,
+                         temperature_schedule: optax.Schedule | None = None) -> Callable:
+  """`peer_train_step` bound to peer groups, optimizer, schedules and `config`'s losses."""
+  return functools.partial(peer_train_step, groups=groups, tx=tx, loss_fn=_loss_fn(config),
+                           mimicry_weight=config.dml.weight,
+                           mimicry_temperature=config.dml.temperature, schedule=schedule,
                            temperature_schedule=temperature_schedule)

@@ -40,6 +40,12 @@ def test_unknown_field_found_elsewhere_in_the_tree(tiny_config):
     ('label_smoothing', 1.0, r'label_smoothing must be in \[0, 1\)'),
     ('sila.weight', -1.0, 'sila.weight must not be negative'),
     ('keep_checkpoints', 0, 'keep_checkpoints must be positive'),
+    ('dml.num_peers', 0, 'dml.num_peers must be positive, got 0'),
+    ('dml.temperature', 0.0, 'dml.temperature must be positive'),
+    ('dml.weight', -1.0, 'dml.weight must not be negative'),
+    ('dml.models', ('resnet32', 'wrn16_4'),
+     'dml.models names 2 models but dml.num_peers is 1; give one model per peer'),
+    ('dml.models', ('resnet32', 'resnet33'), "Unknown model 'resnet33' in dml.models"),
 ])
 def test_invalid_values_are_named(tiny_config, path, value, message):
   *parents, leaf = path.split('.')

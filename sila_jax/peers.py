@@ -1,0 +1,129 @@
+"""Deep Mutual Learning peers (../shared/SILA.md, "SiLa + DML"): K classifiers side by side.
+
+Consecutive peers of the same model form a group. A group's variables (and, in the train
+state, its optimizer state) are stacked along a leading peer axis and applied under
+`jax.vmap`, so K homogeneous peers are one batched computation; heterogeneous peers
+(`dml.models`) form one group per run of equal models. Peer trees are tuples over groups:
+variables {'params': (group_0 (n_0, ...), ...), 'batch_stats': (...)}.
+With dml.num_peers = 1 nothing here is used: a run is exactly a single model's.
+"""
+import itertools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from sila_jax import model as model_lib
+
+Group = tuple[model_lib.SilaClassifier, int]  # A model and how many peers run it.
+
+
+def peer_models(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The model name of every peer: dml.models, or `model` dml.num_peers times."""
+  return tuple(config.dml.models) or (config.model,) * config.dml.num_peers
+
+
+def is_dml(config: ml_collections.ConfigDict) -> bool:
+  """Whether `config` trains several peers together."""
+  return len(peer_models(config)) > 1
+
+
+def peer_config(config: ml_collections.ConfigDict, peer: int) -> ml_collections.ConfigDict:
+  """The single-model config of peer `peer`: its model, DML off."""
+  single = config.copy_and_resolve_references()
+  single.model = peer_models(config)[peer]
+  single.dml.num_peers, single.dml.models = 1, ()
+  return single
+
+
+def group_sizes(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """Peers per run of equal models: models (a, a, b) -> (2, 1)."""
+  return tuple(len(list(run)) for _, run in itertools.groupby(peer_models(config)))
+
+
+def create_groups(config: ml_collections.ConfigDict, *, main_branch_only: bool = False,
+                  bn_axis_name: str | None = None) -> tuple[Group, ...]:
+  """(model, number of peers) for each run of equal models, in peer order."""
+  groups, first = [], 0
+  for size in group_sizes(config):
+    groups.append((model_lib.create_model(peer_config(config, first),
+                                          main_branch_only=main_branch_only,
+                                          bn_axis_name=bn_axis_name), size))
+    first += size
+  return tuple(groups)
+
+
+def init_variables(groups: tuple[Group, ...], rng: jax.Array,
+                   image_shape: tuple[int, ...]) -> dict[str, tuple[Any, ...]]:
+  """Every peer initialised from its own key; leaves of group g are (n_g, ...)."""
+  keys = jax.random.split(rng, sum(size for _, size in groups))
+  images = jnp.zeros((1, *image_shape))
+  params, batch_stats, first = [], [], 0
+  for model, size in groups:
+    variables = jax.vmap(lambda key, model=model: model.init(key, images, train=False))(
+        keys[first:first + size])
+    params.append(variables['params'])
+    batch_stats.append(variables['batch_stats'])
+    first += size
+  return {'params': tuple(params), 'batch_stats': tuple(batch_stats)}
+
+
+def abstract_variables(groups: tuple[Group, ...], image_size: int) -> dict[str, tuple[Any, ...]]:
+  """`init_variables`' structure as jax.ShapeDtypeStruct leaves; computes nothing."""
+  return jax.eval_shape(lambda: init_variables(groups, jax.random.PRNGKey(0),
+                                               (image_size, image_size, 3)))
+
+
+def apply(groups: tuple[Group, ...], variables: dict[str, tuple[Any, ...]], images: jax.Array,
+          *, train: bool, rng: jax.Array | None = None, temperature: jax.Array | float = 1.0
+          ) -> tuple[jax.Array, jax.Array | None, tuple[Any, ...] | None]:
+  """Every peer on `images`.
+
+  Args:
+    images: (B, H, W, 3) seen by every peer, or (B, K, H, W, 3), view k for peer k.
+    rng: the dropout key, split over peers (training only).
+    temperature: attention temperature of dynamic convolutions.
+  Returns:
+    (logits (K, B, C), Siamese logits (K, S, B, C) or None, the groups' new BatchNorm
+    statistics when `train`, else None).
+  """
+  shared = images.ndim == 4
+  keys = jax.random.split(rng if rng is not None else jax.random.PRNGKey(0),
+                          sum(size for _, size in groups))
+  logits, siamese, batch_stats, first = [], [], [], 0
+  for (model, size), params, stats in zip(groups, variables['params'],
+                                          variables['batch_stats']):
+    def apply_one(params, stats, key, images, model=model):
+      outputs = model.apply({'params': params, 'batch_stats': stats}, images, train=train,
+                            temperature=temperature, rngs={'dropout': key},
+                            mutable=['batch_stats'] if train else False)
+      return outputs if train else (outputs, None)
+    views = images if shared else images[:, first:first + size]
+    (group_logits, group_siamese), updates = jax.vmap(
+        apply_one, in_axes=(0, 0, 0, None if shared else 1))(
+            params, stats, keys[first:first + size], views)
+    logits.append(group_logits)
+    siamese.append(group_siamese)
+    batch_stats.append(updates['batch_stats'] if train else None)
+    first += size
+  siamese = None if siamese[0] is None else jnp.concatenate(siamese)
+  return jnp.concatenate(logits), siamese, tuple(batch_stats) if train else None
+
+
+def main_branch(variables: dict[str, tuple[Any, ...]]) -> dict[str, tuple[Any, ...]]:
+  """Every group's variables restricted to {backbone, head}: what the peers deploy."""
+  per_group = [model_lib.main_branch({'params': p, 'batch_stats': s})
+               for p, s in zip(variables['params'], variables['batch_stats'])]
+  return {collection: tuple(v[collection] for v in per_group)
+          for collection in ('params', 'batch_stats')}
+
+
+def peer_variables(config: ml_collections.ConfigDict, variables: dict[str, tuple[Any, ...]],
+                   peer: int) -> dict[str, Any]:
+  """Peer `peer`'s variables, unstacked: what its model alone applies."""
+  sizes = group_sizes(config)
+  group = next(g for g in range(len(sizes)) if peer < sum(sizes[:g + 1]))
+  index = peer - sum(sizes[:group])
+  return {collection: jax.tree_util.tree_map(lambda x: x[index], tree[group])
+          for collection, tree in variables.items()}

@@ -1,0 +1,278 @@
+"""DML peers: the mimicry term, the stop-gradient, K = 1, vmapped peers, devices, eval, export."""
+import json
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from sila_jax import checkpoint
+from sila_jax import evaluate
+from sila_jax import export
+from sila_jax import input_pipeline
+from sila_jax import losses
+from sila_jax import model as model_lib
+from sila_jax import optimizer as optimizer_lib
+from sila_jax import parallel as parallel_lib
+from sila_jax import peers
+from sila_jax import train
+from sila_jax import train_step as train_step_lib
+from tests.test_train import plain_param_count
+from tests.test_train_step import batches, run, setup
+
+
+@pytest.fixture
+def dml_config(tiny_config):
+  tiny_config.dml.num_peers = 2
+  return tiny_config
+
+
+def peer_setup(config):
+  """(groups, tx, schedule, initial peer state) as train_and_evaluate builds them."""
+  groups = peers.create_groups(config, bn_axis_name=train_step_lib.AXIS)
+  schedule = optimizer_lib.learning_rate_schedule(config, 10, 5)
+  tx = optimizer_lib.create_optimizer(config, schedule)
+  state = train_step_lib.create_peer_train_state(groups, tx, jax.random.PRNGKey(0), (32, 32, 3))
+  return groups, tx, schedule, state
+
+
+def peer_state(state, peer):
+  """Peer `peer`'s slice of a homogeneous peer state, as a single model's state."""
+  def take(tree):
+    return jax.tree_util.tree_map(lambda x: x[peer], tree[0])
+  return state.replace(params=take(state.params), batch_stats=take(state.batch_stats),
+                       opt_state=take(state.opt_state))
+
+
+def test_mimicry_term_matches_a_hand_computation():
+  logits = np.random.default_rng(0).normal(size=(3, 4, 5)) * 3
+  temperature = 2.0
+  p = np.exp(logits / temperature)
+  p /= p.sum(-1, keepdims=True)
+  expected = np.zeros((3, 4))
+  for i in range(3):
+    for j in range(3):
+      if j != i:
+        expected[i] += temperature**2 * np.sum(p[j] * (np.log(p[j]) - np.log(p[i])), -1) / 2
+  got = losses.mimicry_loss(jnp.asarray(logits, jnp.float32), temperature)
+  chex.assert_shape(got, (3, 4))
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_mimicry_gradient_reaches_only_the_peer_itself():
+  logits = jax.random.normal(jax.random.PRNGKey(0), (3, 4, 5))
+  for i in range(3):
+    grad = jax.grad(lambda z, i=i: jnp.sum(losses.mimicry_loss(z)[i]))(logits)
+    for j in range(3):
+      if j == i:
+        assert np.abs(grad[j]).max() > 1e-3
+      else:
+        assert np.all(grad[j] == 0.0)
+
+
+def test_a_peers_objective_sends_no_gradient_into_another_peer(dml_config):
+  groups = peers.create_groups(dml_config)  # No data axis: BatchNorm over this batch alone.
+  variables = peers.init_variables(groups, jax.random.PRNGKey(0), (32, 32, 3))
+  batch = batches(1)[0]
+
+  def objective_of_peer_0(params):
+    logits, siamese_logits, _ = peers.apply(
+        groups, {'params': params, 'batch_stats': variables['batch_stats']}, batch['image'],
+        train=True)
+    loss, _ = losses.sila_loss(logits[0], siamese_logits[0], batch['label'])
+    return loss + jnp.mean(losses.mimicry_loss(logits)[0])
+
+  grads = jax.grad(objective_of_peer_0)(variables['params'])[0]
+  norms = [jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda g: np.abs(g[peer]).max(),
+                                                            grads)) for peer in (0, 1)]
+  assert max(norms[0]) > 1e-3
+  assert max(norms[1]) == 0.0
+
+
+@pytest.mark.parametrize('model', ['resnet20', 'dy_resnet20'])
+def test_vmapped_peers_without_mimicry_train_like_separate_models(dml_config, model):
+  dml_config.model = model
+  dml_config.dml.weight = 0.0
+  groups, tx, schedule, state = peer_setup(dml_config)
+  devices = jax.devices()[:1]
+  tau = (optimizer_lib.attention_temperature_schedule(dml_config, 5)
+         if model_lib.is_dynamic(model) else None)
+  data = batches(2)
+  together, _ = run(parallel_lib.ShardMapParallel(train_step_lib.make_peer_train_step(
+      groups, tx, schedule, dml_config, tau), devices), state, data)
+  single = model_lib.create_model(dml_config, bn_axis_name=train_step_lib.AXIS)
+  alone = parallel_lib.ShardMapParallel(
+      train_step_lib.make_train_step(single, tx, schedule, dml_config, tau), devices)
+  for peer in (0, 1):
+    expected, _ = run(alone, peer_state(state, peer), data)
+    chex.assert_trees_all_close(peer_state(together, peer), expected, rtol=1e-5, atol=1e-6)
+  # The peers started apart (own keys) and stay apart.
+  assert not np.allclose(together.params[0]['head']['Dense_0']['kernel'][0],
+                         together.params[0]['head']['Dense_0']['kernel'][1])
+
+
+def test_peer_outputs_and_state_shapes(tiny_config):
+  tiny_config.dml.update(num_peers=3, models=('resnet20', 'wrn16_4', 'wrn16_4'))
+  tiny_config.sila.num_heads = 2
+  groups = peers.create_groups(tiny_config)
+  assert [size for _, size in groups] == [1, 2]
+  variables = peers.init_variables(groups, jax.random.PRNGKey(0), (32, 32, 3))
+  chex.assert_shape(variables['params'][0]['head']['Dense_0']['kernel'], (1, 16, 10))
+  chex.assert_shape(variables['params'][1]['head']['Dense_0']['kernel'], (2, 64, 10))
+  images = jnp.zeros((4, 32, 32, 3))
+  for views in (images, jnp.zeros((4, 3, 32, 32, 3))):
+    logits, siamese_logits, batch_stats = peers.apply(groups, variables, views, train=True)
+    chex.assert_shape(logits, (3, 4, 10))
+    chex.assert_shape(siamese_logits, (3, 2, 4, 10))
+    chex.assert_trees_all_equal_shapes(batch_stats, variables['batch_stats'])
+  logits, siamese_logits, batch_stats = peers.apply(groups, variables, images, train=False)
+  chex.assert_shape(logits, (3, 4, 10))
+  assert batch_stats is None
+
+
+@pytest.mark.parametrize('kind', parallel_lib.KINDS)
+def test_eight_devices_match_one(dml_config, kind):
+  dml_config.sila.update(num_heads=2, kl_weight=0.5)
+  dml_config.dml.temperature = 2.0
+  groups, tx, schedule, state = peer_setup(dml_config)
+  step_fn = train_step_lib.make_peer_train_step(groups, tx, schedule, dml_config)
+  data = batches(1)
+  one_state, one_metrics = run(parallel_lib.create_parallel(kind, step_fn, jax.devices()[:1]),
+                               state, data)
+  eight_state, eight_metrics = run(parallel_lib.create_parallel(kind, step_fn, jax.devices()[:8]),
+                                   state, data)
+  chex.assert_trees_all_close(eight_state, one_state, rtol=1e-4, atol=1e-5)
+  chex.assert_trees_all_close(eight_metrics, one_metrics, rtol=1e-4, atol=1e-5)
+  assert one_metrics[0]['loss_mimicry'] > 0
+  moved = jax.tree_util.tree_map(lambda a, b: np.abs(a - b).max(), one_state.params, state.params)
+  assert max(jax.tree_util.tree_leaves(moved)) > 1e-3
+
+
+def test_ensemble_is_the_mean_of_the_peers_probabilities(dml_config):
+  groups = peers.create_groups(dml_config, main_branch_only=True)
+  variables = peers.init_variables(groups, jax.random.PRNGKey(1), (32, 32, 3))
+  batch = batches(1)[0]
+  batch['mask'] = np.arange(16) < 12  # The last 4 rows are padding.
+  sums = jax.device_get(evaluate.make_peer_eval_step(groups)(variables, batch, 1.0))
+  logits, _, _ = peers.apply(groups, variables, batch['image'], train=False)
+  probs = np.asarray(jax.nn.softmax(logits))
+  labels, mask = batch['label'], batch['mask']
+  for name, p in [('peer_0', probs[0]), ('peer_1', probs[1]), ('ensemble', probs.mean(0))]:
+    assert sums[f'{name}/correct'] == np.sum((p.argmax(-1) == labels) * mask)
+    np.testing.assert_allclose(sums[f'{name}/loss'],
+                               np.sum(-np.log(p[np.arange(16), labels]) * mask), rtol=1e-5)
+  assert sums['count'] == 12 and sums['correct'] == sums['peer_0/correct']
+
+
+def test_independent_augmentation_gives_each_peer_its_own_view(tiny_config):
+  with tfds.testing.mock_data(num_examples=40):
+    split = input_pipeline.load_split(tiny_config, 'train', drop_remainder=True)
+    shared = next(input_pipeline.train_batches(split, tiny_config, 8, seed=0))
+    views = next(input_pipeline.train_batches(split, tiny_config, 8, seed=0, views=3))
+  chex.assert_shape(views['image'], (8, 3, 32, 32, 3))
+  np.testing.assert_array_equal(views['image'][:, 0], shared['image'])
+  np.testing.assert_array_equal(views['label'], shared['label'])
+  for v in (1, 2):
+    assert not np.array_equal(views['image'][:, v], views['image'][:, 0])
+
+
+def final_state(config, workdir):
+  """The newest checkpoint's whole TrainState, read back as train_and_evaluate would."""
+  if peers.is_dml(config):
+    groups = peers.create_groups(config)
+    tx = optimizer_lib.create_optimizer(config, optimizer_lib.learning_rate_schedule(config, 3, 2))
+    init = lambda: train_step_lib.create_peer_train_state(groups, tx, jax.random.PRNGKey(0),
+                                                          (32, 32, 3))
+  else:
+    model, tx, _, _ = setup(config)
+    init = lambda: train_step_lib.create_train_state(model, tx, jax.random.PRNGKey(0),
+                                                     (32, 32, 3))
+  manager = checkpoint.create_manager(workdir)
+  try:
+    return checkpoint.restore_newest_readable(manager, jax.eval_shape(init), config)
+  finally:
+    manager.close()
+
+
+def test_one_peer_is_single_training_bit_for_bit(tiny_config, tmp_path):
+  with tfds.testing.mock_data(num_examples=40):
+    train.train_and_evaluate(tiny_config, str(tmp_path / 'single'))
+    one_peer = tiny_config.copy_and_resolve_references()
+    one_peer.dml.update(num_peers=1, weight=3.0, temperature=2.0, independent_augment=True)
+    train.train_and_evaluate(one_peer, str(tmp_path / 'dml'))
+  chex.assert_trees_all_equal(final_state(tiny_config, str(tmp_path / 'single')),
+                              final_state(one_peer, str(tmp_path / 'dml')))
+
+  def records(run):
+    return [{k: v for k, v in json.loads(line).items() if k != 'images_per_sec'}
+            for line in open(tmp_path / run / 'metrics.jsonl')]
+  assert records('dml') == records('single')
+
+
+@pytest.fixture
+def dml_run(dml_config, tmp_path):
+  """A 3-step SiLa + DML run of two peers with independent augmentation, on mock CIFAR-10."""
+  dml_config.dml.independent_augment = True
+  workdir = str(tmp_path / 'run')
+  with tfds.testing.mock_data(num_examples=40):
+    result = train.train_and_evaluate(dml_config, workdir)
+    evaluated = evaluate.evaluate_workdir(dml_config, workdir)
+  return dml_config, workdir, result, evaluated
+
+
+def test_eval_reports_every_peer_and_the_ensemble(dml_run):
+  config, workdir, result, evaluated = dml_run
+  assert {'loss_mimicry', 'peer_0/accuracy', 'peer_1/accuracy', 'peer_1/loss'} <= set(
+      result['train'])
+  saved = json.load(open(os.path.join(workdir, 'eval_test.json')))
+  assert saved == evaluated
+  assert {'peer_0/accuracy', 'peer_1/accuracy', 'ensemble/accuracy', 'peer_0/loss',
+          'ensemble/loss'} <= set(saved)
+  assert saved['accuracy'] == saved['peer_0/accuracy']
+  assert saved['num_params'] == plain_param_count(config)  # One peer, deployable alone.
+  assert saved['num_examples'] == 40 and saved['step'] == 3
+  assert saved['accuracy'] == pytest.approx(result['val']['accuracy'])
+  assert saved['ensemble/accuracy'] == pytest.approx(result['val']['ensemble/accuracy'])
+
+
+def test_each_peer_exports_alone(dml_run, tmp_path):
+  config, workdir, _, evaluated = dml_run
+  for peer in (0, 1):
+    export_dir = str(tmp_path / f'export_{peer}')
+    description = export.export(config, workdir, export_dir, peer=peer)
+    exported = export.load_export(export_dir)
+    assert set(exported.variables['params']) == {'backbone', 'head'}
+    assert description['num_params'] == plain_param_count(config)
+    assert description['peer'] == peer and not exported.config.sila.enabled
+    with tfds.testing.mock_data(num_examples=40):
+      from_export = evaluate.evaluate_export(config, export_dir)
+    assert from_export['accuracy'] == evaluated[f'peer_{peer}/accuracy']
+    assert from_export['loss'] == pytest.approx(evaluated[f'peer_{peer}/loss'], rel=1e-6)
+
+
+def test_dml_run_resumes(dml_run):
+  config, workdir, _, _ = dml_run
+  config.num_train_steps = 4
+  with tfds.testing.mock_data(num_examples=40):
+    result = train.train_and_evaluate(config, workdir)
+  assert result['step'] == 4
+  assert final_state(config, workdir).params[0]['head']['Dense_0']['kernel'].shape == (2, 16, 10)
+
+
+def test_heterogeneous_dynamic_peers_train_evaluate_and_export(tiny_config, tmp_path):
+  tiny_config.dml.update(num_peers=2, models=('dy_resnet20', 'wrn16_4'))
+  tiny_config.num_train_steps = 2
+  workdir = str(tmp_path / 'run')
+  with tfds.testing.mock_data(num_examples=40):
+    result = train.train_and_evaluate(tiny_config, workdir)
+    evaluated = evaluate.evaluate_workdir(tiny_config, workdir)
+  assert result['train']['attention_temperature'] > 1.0  # The DY peer's annealing runs.
+  assert {'peer_0/accuracy', 'peer_1/accuracy', 'ensemble/accuracy'} <= set(evaluated)
+  for peer in (0, 1):
+    described = export.export(tiny_config, workdir, str(tmp_path / f'export_{peer}'), peer=peer)
+    assert described['num_params'] == plain_param_count(peers.peer_config(tiny_config, peer))
+    assert described['model']['model'] == tiny_config.dml.models[peer]
+  assert evaluated['num_params'] == plain_param_count(peers.peer_config(tiny_config, 0))

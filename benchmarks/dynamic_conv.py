@@ -7,11 +7,10 @@ device, on random CIFAR-shaped batches. Throughput is the median over the timed 
 two warm-up steps; run it on a quiet machine.
 """
 import argparse
-import time
 
 import jax
-import numpy as np
 
+from benchmarks import timing
 from configs import default
 from sila_jax import model as model_lib
 from sila_jax import optimizer as optimizer_lib
@@ -30,9 +29,7 @@ def measure(name: str, batch_size: int, steps: int, width: float) -> dict[str, f
   tau = (optimizer_lib.attention_temperature_schedule(config, 100)
          if model_lib.is_dynamic(name) else None)
   state = train_step_lib.create_train_state(model, tx, jax.random.PRNGKey(0), (32, 32, 3))
-  rng = np.random.default_rng(0)
-  batch = {'image': rng.normal(size=(batch_size, 32, 32, 3)).astype(np.float32),
-           'label': rng.integers(0, 10, batch_size).astype(np.int32)}
+  batch = timing.random_batch(batch_size)
 
   # XLA's count includes DynamicConv's multiplications by padding zeros and its per-tap adds,
   # which it leaves out for a static conv: mixing the kernels alone adds about 3% to ResNet-20.
@@ -43,15 +40,8 @@ def measure(name: str, batch_size: int, steps: int, width: float) -> dict[str, f
 
   parallel = parallel_lib.ShardMapParallel(
       train_step_lib.make_train_step(model, tx, schedule, config, tau), jax.devices()[:1])
-  device_state, device_batch = parallel.put_state(state), parallel.put_batch(batch)
-  times = []
-  for step in range(steps + 2):
-    start = time.perf_counter()
-    device_state, _ = jax.block_until_ready(parallel.train_step(device_state, device_batch))
-    if step >= 2:  # The first step compiles, the second may still warm caches.
-      times.append(time.perf_counter() - start)
   return dict(params=model_lib.count_params(state.params), flops=flops,
-              images_per_s=batch_size / np.median(times))
+              images_per_s=batch_size / timing.median_step_seconds(parallel, state, batch, steps))
 
 
 def main():

@@ -85,7 +85,7 @@ def test_a_peers_objective_sends_no_gradient_into_another_peer(dml_config):
     loss, _ = losses.sila_loss(logits[0], siamese_logits[0], batch['label'])
     return loss + jnp.mean(losses.mimicry_loss(logits)[0])
 
-  grads = jax.grad(objective_of_peer_0)(variables['params'])[0]
+  grads = jax.jit(jax.grad(objective_of_peer_0))(variables['params'])[0]
   norms = [jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda g: np.abs(g[peer]).max(),
                                                             grads)) for peer in (0, 1)]
   assert max(norms[0]) > 1e-3
@@ -100,7 +100,7 @@ def test_vmapped_peers_without_mimicry_train_like_separate_models(dml_config, mo
   devices = jax.devices()[:1]
   tau = (optimizer_lib.attention_temperature_schedule(dml_config, 5)
          if model_lib.is_dynamic(model) else None)
-  data = batches(2)
+  data = batches(2, size=8)
   together, _ = run(parallel_lib.ShardMapParallel(train_step_lib.make_peer_train_step(
       groups, tx, schedule, dml_config, tau), devices), state, data)
   single = model_lib.create_model(dml_config, bn_axis_name=train_step_lib.AXIS)
@@ -119,16 +119,18 @@ def test_peer_outputs_and_state_shapes(tiny_config):
   tiny_config.sila.num_heads = 2
   groups = peers.create_groups(tiny_config)
   assert [size for _, size in groups] == [1, 2]
-  variables = peers.init_variables(groups, jax.random.PRNGKey(0), (32, 32, 3))
+  variables = peers.abstract_variables(groups, 32)
   chex.assert_shape(variables['params'][0]['head']['Dense_0']['kernel'], (1, 16, 10))
   chex.assert_shape(variables['params'][1]['head']['Dense_0']['kernel'], (2, 64, 10))
-  images = jnp.zeros((4, 32, 32, 3))
-  for views in (images, jnp.zeros((4, 3, 32, 32, 3))):
-    logits, siamese_logits, batch_stats = peers.apply(groups, variables, views, train=True)
+  images = jax.ShapeDtypeStruct((4, 32, 32, 3), jnp.float32)
+  for views in (images, jax.ShapeDtypeStruct((4, 3, 32, 32, 3), jnp.float32)):
+    logits, siamese_logits, batch_stats = jax.eval_shape(
+        lambda v, x: peers.apply(groups, v, x, train=True), variables, views)
     chex.assert_shape(logits, (3, 4, 10))
     chex.assert_shape(siamese_logits, (3, 2, 4, 10))
     chex.assert_trees_all_equal_shapes(batch_stats, variables['batch_stats'])
-  logits, siamese_logits, batch_stats = peers.apply(groups, variables, images, train=False)
+  logits, _, batch_stats = jax.eval_shape(
+      lambda v, x: peers.apply(groups, v, x, train=False), variables, images)
   chex.assert_shape(logits, (3, 4, 10))
   assert batch_stats is None
 
@@ -157,7 +159,8 @@ def test_ensemble_is_the_mean_of_the_peers_probabilities(dml_config):
   batch = batches(1)[0]
   batch['mask'] = np.arange(16) < 12  # The last 4 rows are padding.
   sums = jax.device_get(evaluate.make_peer_eval_step(groups)(variables, batch, 1.0))
-  logits, _, _ = peers.apply(groups, variables, batch['image'], train=False)
+  logits, _, _ = jax.jit(lambda v, x: peers.apply(groups, v, x, train=False))(variables,
+                                                                             batch['image'])
   probs = np.asarray(jax.nn.softmax(logits))
   labels, mask = batch['label'], batch['mask']
   for name, p in [('peer_0', probs[0]), ('peer_1', probs[1]), ('ensemble', probs.mean(0))]:

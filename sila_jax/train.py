@@ -1,5 +1,6 @@
 """`train_and_evaluate`: the whole run, top to bottom, in headed sections."""
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -139,12 +140,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     groups = peers.create_groups(config, bn_axis_name=train_step_lib.AXIS)
     step_fn = train_step_lib.make_peer_train_step(groups, tx, schedule, config,
                                                   temperature_schedule)
-    initial_state = lambda: train_step_lib.create_peer_train_state(groups, tx, rng, image_shape)
+    initial_state = functools.partial(train_step_lib.create_peer_train_state, groups, tx, rng,
+                                      image_shape)
     main_branch = peers.main_branch
   else:
     model = model_lib.create_model(config, bn_axis_name=train_step_lib.AXIS)
     step_fn = train_step_lib.make_train_step(model, tx, schedule, config, temperature_schedule)
-    initial_state = lambda: train_step_lib.create_train_state(model, tx, rng, image_shape)
+    initial_state = functools.partial(train_step_lib.create_train_state, model, tx, rng,
+                                      image_shape)
     main_branch = model_lib.main_branch
 
   # Closing the managers waits for checkpoints being written, whatever stops the run.

@@ -189,8 +189,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       metrics = evaluate_lib.evaluate(
           eval_step, variables, input_pipeline.eval_batches(eval_data, config, local_eval_batch),
           parallel.mesh, attention_temperature(step))
-      logging.info('step %d  val accuracy %.4f  val loss %.4f  (%d examples)', step,
-                   metrics['accuracy'], metrics['loss'], metrics['num_examples'])
+      logging.info('step %d  val accuracy %.4f  val loss %.4f  (%d examples)%s', step,
+                   metrics['accuracy'], metrics['loss'], metrics['num_examples'],
+                   ''.join(f'  {name} {value:.4f}' for name, value in metrics.items()
+                           if name.endswith('/accuracy')))
       _write_metrics(workdir, {'step': step, **{f'val_{k}': v for k, v in metrics.items()}})
       return metrics
 

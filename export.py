@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from sila_jax import checkpoint
 from sila_jax import cli
+from sila_jax import distributed
 from sila_jax import export
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Configuration file.',
@@ -25,6 +26,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   del argv
   tf.config.set_visible_devices([], 'GPU')
+  distributed.initialize(_CONFIG.value.distributed)  # Before any device is touched.
   checkpoint.quiet_orbax_logs()
   export_dir = _EXPORT_DIR.value or f'{_WORKDIR.value}/export'
   description = export.export(_CONFIG.value, _WORKDIR.value, export_dir, _CHECKPOINT.value)

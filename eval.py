@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from sila_jax import checkpoint
 from sila_jax import cli
+from sila_jax import distributed
 from sila_jax import evaluate
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Configuration file (its data '
@@ -28,6 +29,7 @@ flags.mark_flags_as_mutual_exclusive(['workdir', 'export_dir'], required=True)
 def main(argv):
   del argv
   tf.config.set_visible_devices([], 'GPU')
+  distributed.initialize(_CONFIG.value.distributed)  # Before any device is touched.
   checkpoint.quiet_orbax_logs()
   if _EXPORT_DIR.value:
     result = evaluate.evaluate_export(_CONFIG.value, _EXPORT_DIR.value, _SPLIT.value)

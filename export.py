@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from sila_jax import checkpoint
 from sila_jax import cli
+from sila_jax import distributed
 from sila_jax import export
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Configuration file.',
@@ -28,6 +29,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   del argv
   tf.config.set_visible_devices([], 'GPU')
+  distributed.initialize(_CONFIG.value.distributed)  # Before any device is touched.
   checkpoint.quiet_orbax_logs()
   export_dir = _EXPORT_DIR.value or (f'{_WORKDIR.value}/export' if not _PEER.value
                                      else f'{_WORKDIR.value}/export_peer_{_PEER.value}')

@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from sila_jax import checkpoint
 from sila_jax import cli
+from sila_jax import distributed
 from sila_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Configuration file.',
@@ -16,6 +17,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   del argv
   tf.config.set_visible_devices([], 'GPU')  # The input pipeline must leave accelerators to JAX.
+  distributed.initialize(_CONFIG.value.distributed)  # Before any device is touched.
   checkpoint.quiet_orbax_logs()
   result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if result['status'] == 'complete':

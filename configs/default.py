@@ -67,7 +67,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.lr_decay_factor = 0.1
 
   # Running.
-  config.parallel = 'shard_map'  # 'shard_map' | 'pmap'.
+  config.parallel = 'shard_map'  # 'shard_map' | 'pmap' (one process only).
+  # JAX's distributed runtime: 'auto' starts it under srun, on a Cloud TPU VM or with
+  # JAX_COORDINATOR_ADDRESS set; 'on' always; 'off' never (one process).
+  config.distributed = 'auto'
   config.eval_batch_size = 256  # Global; must divide by the device count.
   config.log_every_steps = 100
   config.eval_every_steps = -1  # -1: once per epoch.

@@ -22,6 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from configs import default
+from sila_jax import distributed
 from sila_jax import model as model_lib
 from sila_jax import peers
 from sila_jax.config_checks import get_field
@@ -129,7 +130,9 @@ def restore_newest_readable(manager: ocp.CheckpointManager, abstract_state: Any,
   """The newest checkpoint that reads back intact, as a state like `abstract_state`.
 
   Checkpoints that cannot be read are moved to <workdir>/corrupt_checkpoints (nothing is
-  deleted) and the next older one is tried. Returns None if there is no checkpoint.
+  deleted) and the next older one is tried. Returns None if there is no checkpoint. With
+  several processes, a checkpoint is used only if every process read it intact, process 0
+  alone moves it aside, and all return the same step.
 
   Raises:
     CheckpointError: a checkpoint was written for another model.
@@ -145,12 +148,17 @@ def restore_newest_readable(manager: ocp.CheckpointManager, abstract_state: Any,
       check_model(meta, config, TRAINING_FIELDS, directory)
       try:
         restored = restore(manager, step, target, meta)
-        return flax.serialization.from_state_dict(abstract_state, restored)
+        problem = None
       except CheckpointError as e:
         problem = str(e)
-    moved = _move_aside(directory, step)
-    absl_logging.warning('Checkpoint at step %d is corrupt: %s. Moved it to %s; trying the '
-                         'previous one.', step, problem, moved)
+    if distributed.all_processes(problem is None):
+      return flax.serialization.from_state_dict(abstract_state, restored)
+    if jax.process_index() == 0:
+      moved = _move_aside(directory, step)
+      absl_logging.warning('Checkpoint at step %d is corrupt: %s. Moved it to %s; trying the '
+                           'previous one.', step, problem or 'unreadable in another process',
+                           moved)
+    distributed.barrier(f'checkpoint {step} set aside')
     manager.reload()
   return None
 

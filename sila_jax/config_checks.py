@@ -6,6 +6,7 @@ import ml_collections
 
 from configs import default
 from sila_jax import backbones
+from sila_jax import distributed
 from sila_jax import heads
 from sila_jax import input_pipeline
 from sila_jax import losses
@@ -43,10 +44,12 @@ def unknown_field_message(path: str, known: list[str]) -> str:
   return f"Unknown config field '{path}'" + (f"; did you mean '{hint[0]}'?" if hint else '.')
 
 
-def _value_problems(config: ml_collections.ConfigDict, num_devices: int) -> Iterator[str]:
+def _value_problems(config: ml_collections.ConfigDict, num_devices: int,
+                    num_processes: int) -> Iterator[str]:
   choices = {'model': backbones.BACKBONES, 'dataset': input_pipeline.DATASETS,
              'sila.variant': losses.VARIANTS, 'sila.head': heads.HEAD_TYPES,
-             'optimizer.schedule': optimizer.SCHEDULES, 'parallel': parallel.KINDS}
+             'optimizer.schedule': optimizer.SCHEDULES, 'parallel': parallel.KINDS,
+             'distributed': distributed.MODES}
   for path, allowed in choices.items():
     value = get_field(config, path)
     if value not in allowed:
@@ -82,13 +85,17 @@ def _value_problems(config: ml_collections.ConfigDict, num_devices: int) -> Iter
     size = get_field(config, path)
     if size > 0 and size % num_devices:
       yield f'{path}={size} is not divisible by the {num_devices} devices.'
+  if config.parallel == 'pmap' and num_processes > 1:  # PmapParallel spans local devices only.
+    yield (f"parallel='pmap' runs in one process, not {num_processes}; use "
+           "parallel='shard_map'.")
 
 
-def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+def check_config(config: ml_collections.ConfigDict, num_devices: int,
+                 num_processes: int = 1) -> None:
   """Raises ConfigError naming every unknown field and invalid value of `config`."""
   known = known_fields()
   problems = [unknown_field_message(p, known) for p in field_paths(config) if p not in known]
   if not problems:
-    problems = list(_value_problems(config, num_devices))
+    problems = list(_value_problems(config, num_devices, num_processes))
   if problems:
     raise ConfigError(' '.join(problems))

@@ -62,6 +62,8 @@ def export(config: ml_collections.ConfigDict, workdir: str, export_dir: str,
       'peer': peer,
       'num_params': model_lib.count_params(variables['params']),
       'sha256': hashlib.sha256(payload).hexdigest()}
+  if jax.process_index() > 0:  # Every process read the same checkpoint; process 0 writes.
+    return description
   parent = os.path.dirname(os.path.abspath(export_dir))
   os.makedirs(parent, exist_ok=True)
   staging = tempfile.mkdtemp(prefix='.export-', dir=parent)

@@ -1,13 +1,16 @@
 """Input: TFDS CIFAR or an ImageFolder tree -> augmented, normalised numpy batches.
 
-Splits are read per process (`jax.process_index()`). Training streams are shuffled and
-augmented deterministically from `config.seed`; evaluation streams visit every example
-exactly once, padding the last batch and marking real examples in `mask`.
+Each process reads only its own shards. Training reads one even shard of the split per
+device, each shuffled and augmented deterministically from `config.seed` and its index, and
+a process's batch is its devices' blocks of the global batch: so the global batches depend on
+the seed and the device count, not on how the devices are spread over processes.
+Evaluation reads one shard per process and visits every example exactly once, padding the
+last batch and marking real examples in `mask`.
 """
 import dataclasses
 import os
 import re
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import jax
 import ml_collections
@@ -15,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from sila_jax import distributed
 from sila_jax.errors import DataError
 
 DATASETS = ('cifar10', 'cifar100', 'folder')
@@ -24,22 +28,44 @@ PAD = 4  # Pixels of zero padding before the random crop (the standard CIFAR rec
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """This process's share of one split: {'image': uint8 (H, W, 3), 'label': int64} examples."""
+  """One shard of a split: {'image': uint8 (H, W, 3), 'label': int64} examples.
+
+  `largest_shard` is the size of the split's largest shard: processes evaluating shards of
+  unequal size still run as many batches.
+  """
   dataset: tf.data.Dataset
   num_examples: int
   num_classes: int
+  largest_shard: int
 
 
-def load_split(config: ml_collections.ConfigDict, split: str, *, drop_remainder: bool) -> Split:
-  """This process's share of `split`; `drop_remainder` evens shares across processes."""
+def load_split(config: ml_collections.ConfigDict, split: str, *, drop_remainder: bool,
+               shard: tuple[int, int] | None = None) -> Split:
+  """One shard of `split`: shard=(index, count) of `count` even shards, by default this process's.
+
+  `drop_remainder` makes the shards equally large; without it every example is in exactly one
+  shard and the processes agree on `largest_shard` (an all-gather: call it in every process).
+  """
+  index, count = shard or (jax.process_index(), jax.process_count())
   if config.dataset == 'folder':
-    return _load_folder_split(config, split, drop_remainder)
-  if config.dataset in DATASETS:
-    return _load_tfds_split(config, split, drop_remainder)
-  raise DataError(f'Unknown dataset {config.dataset!r}; choose one of {DATASETS}.')
+    loaded = _load_folder_split(config, split, drop_remainder, index, count)
+  elif config.dataset in DATASETS:
+    loaded = _load_tfds_split(config, split, drop_remainder, index, count)
+  else:
+    raise DataError(f'Unknown dataset {config.dataset!r}; choose one of {DATASETS}.')
+  if drop_remainder:
+    return loaded
+  return dataclasses.replace(loaded, largest_shard=distributed.max_over_processes(
+      loaded.num_examples))
 
 
-def _load_tfds_split(config, split, drop_remainder) -> Split:
+def device_shards(devices: Sequence[jax.Device]) -> list[tuple[int, int]]:
+  """(index, count) of the training shards this process reads: its devices' mesh positions."""
+  return [(i, len(devices)) for i, device in enumerate(devices)
+          if device.process_index == jax.process_index()]
+
+
+def _load_tfds_split(config, split, drop_remainder, index, count) -> Split:
   if config.data_dir and not tf.io.gfile.isdir(config.data_dir):
     raise DataError(f'data_dir {config.data_dir!r} does not exist; create it, or leave it empty '
                     'for the TFDS default.')
@@ -49,10 +75,12 @@ def _load_tfds_split(config, split, drop_remainder) -> Split:
   except Exception as e:  # Network, disk or permission: TFDS's own types vary.
     raise DataError(f'Could not download and prepare {config.dataset} in {builder.data_dir}: '
                     f'{str(e).splitlines()[0] if str(e) else type(e).__name__}') from e
-  ds = builder.as_dataset(split=tfds.split_for_jax_process(split, drop_remainder=drop_remainder),
+  ds = builder.as_dataset(split=tfds.split_for_jax_process(
+      split, process_index=index, process_count=count, drop_remainder=drop_remainder),
                           shuffle_files=False)
   ds = ds.map(lambda ex: {'image': ex['image'], 'label': ex['label']})
-  return Split(ds, int(ds.cardinality()), builder.info.features['label'].num_classes)
+  num_examples = int(ds.cardinality())
+  return Split(ds, num_examples, builder.info.features['label'].num_classes, num_examples)
 
 
 _FOLDER_SPLIT = re.compile(r'^(\w+)(?:\[(-?\d*):(-?\d*)\])?$')
@@ -77,7 +105,7 @@ def _count_images(directory: str) -> int:
   return sum(f.lower().endswith(IMAGE_EXTENSIONS) for f in tf.io.gfile.listdir(directory))
 
 
-def _load_folder_split(config, split, drop_remainder) -> Split:
+def _load_folder_split(config, split, drop_remainder, index, count) -> Split:
   if not config.data_dir or not tf.io.gfile.isdir(config.data_dir):
     raise DataError(f'data_dir {config.data_dir!r} is not a directory; the folder dataset '
                     'needs <data_dir>/<split>/<class>/<image>.')
@@ -113,15 +141,15 @@ def _load_folder_split(config, split, drop_remainder) -> Split:
   ds = builder.as_dataset(split=name, shuffle_files=False,
                           decoders={'image': tfds.decode.SkipDecoding()})
   ds = ds.scan(tf.zeros(len(class_names), tf.int64), index_within_class).filter(in_slice)
-  ds = ds.shard(jax.process_count(), jax.process_index())
-  share = len(range(jax.process_index(), num_examples, jax.process_count()))
+  ds = ds.shard(count, index)
+  share = len(range(index, num_examples, count))
   if config.check_images:
     _check_images_decode(ds, share, split, config.data_dir)
   if drop_remainder:
-    share = num_examples // jax.process_count()
+    share = num_examples // count
     ds = ds.take(share)
   ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-  return Split(ds, share, len(class_names))
+  return Split(ds, share, len(class_names), share)
 
 
 def _decodes(example, index) -> tuple[tf.Tensor, tf.Tensor]:
@@ -198,6 +226,23 @@ def train_batches(split: Split, config: ml_collections.ConfigDict, batch_size: i
   return ds.as_numpy_iterator()
 
 
+def device_train_batches(splits: Sequence[Split], shards: Sequence[tuple[int, int]],
+                         config: ml_collections.ConfigDict, device_batch: int, *,
+                         start_step: int = 0, views: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """This process's blocks of the global batch, (len(splits) * device_batch, ...) arrays.
+
+  `splits` are the training shards `shards` (from device_shards) of this process's devices;
+  shard i streams with seed config.seed + i (and `views`), as `train_batches` describes.
+  """
+  streams = [train_batches(split, config, device_batch, seed=config.seed + index,
+                           start_step=start_step, views=views)
+             for split, (index, _) in zip(splits, shards)]
+  if len(streams) == 1:
+    return streams[0]
+  return ({k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
+          for blocks in zip(*streams))
+
+
 def data_position(step: int, batch_size: int, num_examples: int) -> tuple[int, int]:
   """(epoch, index within it) of the first example after `step` batches of `batch_size`."""
   return divmod(step * batch_size, num_examples)
@@ -205,12 +250,20 @@ def data_position(step: int, batch_size: int, num_examples: int) -> tuple[int, i
 
 def eval_batches(split: Split, config: ml_collections.ConfigDict,
                  batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-  """Each example once: {'image', 'label', 'mask': (b,) bool}, the last batch zero-padded."""
+  """Each example once: {'image', 'label', 'mask': (b,) bool}, the last batch zero-padded.
+
+  Empty batches (mask all False) follow up to the batch count of the split's largest shard,
+  so every process takes part in as many (collective) evaluation steps.
+  """
   ds = split.dataset.map(
       lambda ex: {'image': normalize(ex['image'], config), 'label': tf.cast(ex['label'], tf.int32)},
       num_parallel_calls=tf.data.AUTOTUNE)
   for batch in _deterministic(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)).as_numpy_iterator():
     yield pad_batch(batch, batch_size)
+  size = config.image_size
+  empty = {'image': np.zeros((0, size, size, 3), np.float32), 'label': np.zeros(0, np.int32)}
+  for _ in range(-(-split.num_examples // batch_size), -(-split.largest_shard // batch_size)):
+    yield pad_batch(empty, batch_size)
 
 
 def pad_batch(batch: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:

@@ -16,6 +16,7 @@ from absl import logging
 
 from sila_jax import checkpoint
 from sila_jax import config_checks
+from sila_jax import distributed
 from sila_jax import evaluate as evaluate_lib
 from sila_jax import input_pipeline
 from sila_jax import model as model_lib
@@ -106,21 +107,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   # Devices and config: shard_map spans every device of every process; pmap this process's.
   devices = jax.devices() if config.parallel == 'shard_map' else jax.local_devices()
-  config_checks.check_config(config, len(devices))
+  config_checks.check_config(config, len(devices), jax.process_count())
   os.makedirs(workdir, exist_ok=True)
-  local_batch = config.batch_size // jax.process_count()
+  device_batch = config.batch_size // len(devices)
 
-  # Input.
-  train_data = input_pipeline.load_split(config, config.train_split, drop_remainder=True)
+  # Input: the training split in one shard per device, read by the device's process.
+  shards = input_pipeline.device_shards(devices)
+  train_shards = [input_pipeline.load_split(config, config.train_split, drop_remainder=True,
+                                            shard=shard) for shard in shards]
+  train_data = train_shards[0]
   eval_data = input_pipeline.load_split(config, config.eval_split, drop_remainder=False)
   if train_data.num_classes != config.num_classes:
     raise DataError(f'num_classes={config.num_classes} but {config.dataset} has '
                     f'{train_data.num_classes} classes (labels 0..{train_data.num_classes - 1}); '
                     f'set num_classes={train_data.num_classes}.')
-  steps_per_epoch = train_data.num_examples * jax.process_count() // config.batch_size
+  steps_per_epoch = train_data.num_examples // device_batch
   if not steps_per_epoch:
-    raise DataError(f'The training split has {train_data.num_examples} examples, fewer than '
-                    f'one batch of {config.batch_size}.')
+    raise DataError(f'The training split gives {train_data.num_examples * len(devices)} examples '
+                    f'({train_data.num_examples} per device), fewer than one batch of '
+                    f'{config.batch_size}.')
   num_train_steps = (config.num_train_steps if config.num_train_steps > 0
                      else config.num_epochs * steps_per_epoch)
   eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
@@ -165,9 +170,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if state is None:
       state = initial_state()
     else:
-      epoch, index = input_pipeline.data_position(start_step, local_batch, train_data.num_examples)
-      logging.info('Resuming at step %d: epoch %d, example %d of %d.', start_step, epoch, index,
-                   train_data.num_examples)
+      epoch, index = input_pipeline.data_position(start_step, device_batch,
+                                                  train_data.num_examples)
+      logging.info('Resuming at step %d: epoch %d, example %d of %d per device.', start_step,
+                   epoch, index, train_data.num_examples)
     _drop_metrics_after(workdir, start_step)
     best_accuracy = checkpoint.best_accuracy(best_manager)
     logging.info('Parameters: %d in training, %d at test time.',
@@ -199,9 +205,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Training loop. Checkpoints are written only after the loss and parameters are checked.
     # DML peers share each augmented batch unless dml.independent_augment gives each a view.
     num_views = config.dml.num_peers if dml and config.dml.independent_augment else 1
-    batches = input_pipeline.train_batches(train_data, config, local_batch,
-                                           seed=config.seed + jax.process_index(),
-                                           start_step=start_step, views=num_views)
+    batches = input_pipeline.device_train_batches(train_shards, shards, config, device_batch,
+                                                  start_step=start_step, views=num_views)
+    # SIGTERM in any process stops every process after the same step.
+    any_sigterm = distributed.AnyProcess(parallel.mesh)
     logging.info('Training steps %d..%d (%d per epoch), global batch %d on %d devices.',
                  start_step, num_train_steps, steps_per_epoch, config.batch_size, len(devices))
     status, train_metrics, val_metrics = 'trained', {}, {}
@@ -214,7 +221,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       device_state, metrics = parallel.train_step(device_state, parallel.put_batch(batch))
       pending.append((step, parallel.unreplicate(metrics)))
       timed_steps += 1
-      preempted = sigterm_received()
+      preempted = any_sigterm(sigterm_received())
 
       if step % config.log_every_steps == 0 or step == num_train_steps or preempted:
         _check_finite(pending, parallel.unreplicate(device_state))

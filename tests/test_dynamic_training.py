@@ -74,7 +74,8 @@ def test_dy_resnet_with_sila_trains_exports_and_evaluates(dy_config, tmp_path):
     description = export.export(dy_config, workdir, export_dir)
     from_checkpoint = evaluate.evaluate_workdir(dy_config, workdir)
     from_export = evaluate.evaluate_export(dy_config, export_dir)
-  tau = optimizer_lib.attention_temperature_schedule(dy_config, steps_per_epoch=2)
+  # mock_data gives each of the 8 devices' shards all 40 examples: 20 steps of 2 per epoch.
+  tau = optimizer_lib.attention_temperature_schedule(dy_config, steps_per_epoch=20)
   assert description['attention_temperature'] == pytest.approx(float(tau(3)))
   assert result['train']['attention_temperature'] > 1.0
   assert set(model_lib.main_branch(export.load_export(export_dir).variables)['params']) == {

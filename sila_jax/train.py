@@ -139,21 +139,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   def attention_temperature(step: int) -> float:
     return float(temperature_schedule(step)) if temperature_schedule else 1.0
   image_shape = (config.image_size, config.image_size, 3)
-  rng = jax.random.PRNGKey(config.seed)
   dml = peers.is_dml(config)
   if dml:
     groups = peers.create_groups(config, bn_axis_name=train_step_lib.AXIS)
     step_fn = train_step_lib.make_peer_train_step(groups, tx, schedule, config,
                                                   temperature_schedule)
-    initial_state = functools.partial(train_step_lib.create_peer_train_state, groups, tx, rng,
-                                      image_shape)
+    create_state = functools.partial(train_step_lib.create_peer_train_state, groups, tx)
     main_branch = peers.main_branch
   else:
     model = model_lib.create_model(config, bn_axis_name=train_step_lib.AXIS)
     step_fn = train_step_lib.make_train_step(model, tx, schedule, config, temperature_schedule)
-    initial_state = functools.partial(train_step_lib.create_train_state, model, tx, rng,
-                                      image_shape)
+    create_state = functools.partial(train_step_lib.create_train_state, model, tx)
     main_branch = model_lib.main_branch
+
+  def initial_state():  # Also traced abstractly, so that a bad checkpoint compiles nothing.
+    return create_state(jax.random.PRNGKey(config.seed), image_shape)
 
   # Closing the managers waits for checkpoints being written, whatever stops the run.
   with contextlib.closing(checkpoint.create_manager(workdir, checkpoint.LATEST,

@@ -147,10 +147,9 @@ def test_two_processes_train_evaluate_stop_and_resume_as_one_run(data_dir, tmp_p
   for got, expected in zip(two_records[:4], one_records[:4]):  # Steps 1 to 4.
     assert got.keys() == expected.keys() and got['step'] == expected['step']
     np.testing.assert_allclose([got[k] for k in got], [expected[k] for k in got], rtol=1e-5)
-  # XLA's CPU kernels round differently with 2 and 4 devices in a process (a conv gradient
-  # on one device differs in the last bits), and gloo sums in another order than the
-  # in-process all-reduce; after 4 steps the states differ by < 1e-6 (later, training on
-  # random images amplifies it). Runs with the same layout agree bit for bit (below).
+  # gloo sums in another order than the in-process all-reduce (README "Several hosts"); after
+  # 4 steps the states differ by < 1e-6 (later, training on random images amplifies it).
+  # Runs with the same layout agree bit for bit (below).
   assert_same_state(saved_state(two, 4), saved_state(one, 4), rtol=1e-5, atol=1e-5)
 
   # SIGTERM reached process 1 only; both saved the same step and exited 0.

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from sila_jax import conv
+from sila_jax.batch_norm import BatchNorm
 from sila_jax.dynamic_conv import DynamicConv
 
 ModuleDef = Any
@@ -32,7 +33,7 @@ def scaled(channels: int, width: float) -> int:
 def batch_norm(train: bool, axis_name: str | None) -> Callable[..., nn.Module]:
   """BatchNorm factory; with `axis_name`, training statistics are averaged over it."""
   return functools.partial(
-      nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
+      BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
       axis_name=axis_name if train else None)
 
 

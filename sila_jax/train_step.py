@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sila_jax import collectives
 from sila_jax import losses
 from sila_jax import peers
 from sila_jax.model import SilaClassifier
@@ -81,8 +82,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: SilaCla
     return loss, (metrics, updates['batch_stats'])
 
   grads, (metrics, batch_stats) = jax.grad(loss_and_aux, has_aux=True)(state.params)
-  grads = jax.lax.pmean(grads, AXIS)
-  metrics = jax.lax.pmean(metrics, AXIS)
+  grads, metrics = collectives.device_mean((grads, metrics), AXIS)
   metrics['learning_rate'] = schedule(state.step)
   if temperature_schedule is not None:
     metrics['attention_temperature'] = extra['temperature']
@@ -133,8 +133,7 @@ def peer_train_step(state: TrainState, batch: dict[str, jax.Array], *,
     return jnp.sum(objectives), (metrics, batch_stats)
 
   grads, (metrics, batch_stats) = jax.grad(loss_and_aux, has_aux=True)(state.params)
-  grads = jax.lax.pmean(grads, AXIS)
-  metrics = jax.lax.pmean(metrics, AXIS)
+  grads, metrics = collectives.device_mean((grads, metrics), AXIS)
   metrics['learning_rate'] = schedule(state.step)
   if temperature_schedule is not None:
     metrics['attention_temperature'] = temperature

@@ -6,7 +6,7 @@ cross-process one add the same numbers in different orders, so 2 processes x 2 d
 only copy (all-to-all, all-gather) and adds in a fixed order, device 0 first: bit-identical
 results for the same device count under any process layout, with the traffic and memory of a
 ring all-reduce (each device sums 1/n of the values). Its gradient is the same mean of the
-cotangents, as `lax.pmean`'s is under pmap.
+cotangents, as `lax.pmean`'s is under pmap. Over one device it is the identity.
 """
 import functools
 import operator
@@ -19,8 +19,10 @@ from jax.flatten_util import ravel_pytree
 
 
 def _ordered_mean(tree: Any, axis_name: str) -> Any:
-  flat, unravel = ravel_pytree(tree)
   num_devices = lax.axis_size(axis_name)
+  if num_devices == 1:
+    return tree
+  flat, unravel = ravel_pytree(tree)
   chunk = -(-flat.size // num_devices)
   rows = jnp.pad(flat, (0, chunk * num_devices - flat.size)).reshape(num_devices, chunk)
   # Device d receives chunk d of every device: row e of `received` is device e's.

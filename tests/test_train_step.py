@@ -84,9 +84,10 @@ def test_eight_devices_match_one(tiny_config, kind):
   assert max(jax.tree_util.tree_leaves(moved)) > 1e-3
 
 
-def test_eight_devices_match_one_over_two_steps(tiny_config):
+@pytest.mark.parametrize('kind', parallel_lib.KINDS)
+def test_eight_devices_match_one_over_two_steps(tiny_config, kind):
   (one_state, one_metrics), (eight_state, eight_metrics), _ = one_and_eight_devices(
-      tiny_config, 'shard_map', num_steps=2)
+      tiny_config, kind, num_steps=2)
   assert int(eight_state.step) == 2
   chex.assert_trees_all_close(eight_state, one_state, rtol=1e-4, atol=1e-5)
   chex.assert_trees_all_close(eight_metrics, one_metrics, rtol=1e-4, atol=1e-5)

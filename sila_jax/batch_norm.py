@@ -1,6 +1,6 @@
 """BatchNorm whose cross-device statistics come from `collectives.device_mean`.
 
-Computes what `flax.linen.BatchNorm` (fast variance, float32 statistics) computes, with the
+Computes what `flax.linen.BatchNorm` (fast variance) computes for float32 inputs, with the
 same variables ({'scale', 'bias'} params, {'mean', 'var'} batch_stats), but averages the
 statistics over `axis_name` in a fixed order, so training does not depend on how the devices
 are spread over processes.

@@ -44,7 +44,7 @@ def test_device_mean_adds_in_device_order_and_is_the_same_on_every_device(num_de
       np.testing.assert_array_equal(out[name][d], expected, err_msg=f'{name}, device {d}')
 
 
-def test_device_mean_gradient_is_pmeans():
+def test_device_mean_gradient_equals_pmeans():
   x = spread_values((8, 6), 3) / 100
   w = spread_values((8, 6), 4) / 100
 

@@ -150,7 +150,7 @@ def test_two_processes_train_evaluate_stop_and_resume_as_one_run(data_dir, tmp_p
   # with XLA's all-reduce, whose order is the runtime's: the same up to rounding.
   assert_same_state(saved_state(two, STEPS), saved_state(one, STEPS))
   one_records = records(one)
-  assert ([r for r in two_records if 'loss' in r] == [r for r in one_records if 'loss' in r])
+  assert [r for r in two_records if 'loss' in r] == [r for r in one_records if 'loss' in r]
   assert ([(r['step'], r['val_accuracy']) for r in validations]
           == [(r['step'], r['val_accuracy']) for r in one_records if 'val_accuracy' in r])
   np.testing.assert_allclose([r['val_loss'] for r in validations],

@@ -12,28 +12,6 @@ import jax
 
 from benchmarks import timing
 from configs import default
-from sila_jax import model as model_lib
-from sila_jax import optimizer as optimizer_lib
-from sila_jax import parallel as parallel_lib
-from sila_jax import peers
-from sila_jax import train_step as train_step_lib
-
-
-def step_seconds(config, batch, steps: int) -> float:
-  """Median train-step time of `config`: one model, or its DML peers."""
-  schedule = optimizer_lib.learning_rate_schedule(config, 1000, 100)
-  tx = optimizer_lib.create_optimizer(config, schedule)
-  rng, image_shape = jax.random.PRNGKey(0), (32, 32, 3)
-  if peers.is_dml(config):
-    groups = peers.create_groups(config, bn_axis_name=train_step_lib.AXIS)
-    state = train_step_lib.create_peer_train_state(groups, tx, rng, image_shape)
-    step_fn = train_step_lib.make_peer_train_step(groups, tx, schedule, config)
-  else:
-    model = model_lib.create_model(config, bn_axis_name=train_step_lib.AXIS)
-    state = train_step_lib.create_train_state(model, tx, rng, image_shape)
-    step_fn = train_step_lib.make_train_step(model, tx, schedule, config)
-  parallel = parallel_lib.ShardMapParallel(step_fn, jax.devices()[:1])
-  return timing.median_step_seconds(parallel, state, batch, steps)
 
 
 def main():
@@ -49,10 +27,10 @@ def main():
   batch = timing.random_batch(args.batch_size)
   print(f'{jax.devices()[0].platform}, {args.model}, SiLa {"on" if args.sila else "off"}, '
         f'batch {args.batch_size}, median of {args.steps} steps')
-  one = step_seconds(config, batch, args.steps)
+  one = timing.config_step_seconds(config, batch, args.steps, jax.devices()[:1])
   print(f'one model:   {1e3 * one:8.1f} ms/step  {args.batch_size / one:7.1f} images/s', flush=True)
   config.dml.num_peers = 2
-  pair = step_seconds(config, batch, args.steps)
+  pair = timing.config_step_seconds(config, batch, args.steps, jax.devices()[:1])
   print(f'two peers:   {1e3 * pair:8.1f} ms/step  {args.batch_size / pair:7.1f} images/s')
   print(f'pair / one: x{pair / one:.2f} (target: at most x2.00)')
 

@@ -17,21 +17,6 @@ import jax
 from benchmarks import timing
 from configs import default
 from sila_jax import collectives
-from sila_jax import model as model_lib
-from sila_jax import optimizer as optimizer_lib
-from sila_jax import parallel as parallel_lib
-from sila_jax import train_step as train_step_lib
-
-
-def step_seconds(config, batch, steps: int) -> float:
-  """Median train-step time of `config` over all devices; traced and compiled afresh."""
-  schedule = optimizer_lib.learning_rate_schedule(config, 1000, 100)
-  tx = optimizer_lib.create_optimizer(config, schedule)
-  model = model_lib.create_model(config, bn_axis_name=train_step_lib.AXIS)
-  state = train_step_lib.create_train_state(model, tx, jax.random.PRNGKey(0), (32, 32, 3))
-  step_fn = train_step_lib.make_train_step(model, tx, schedule, config)
-  parallel = parallel_lib.ShardMapParallel(step_fn, jax.devices())
-  return timing.median_step_seconds(parallel, state, batch, steps)
 
 
 def main():
@@ -50,7 +35,7 @@ def main():
                       ('lax.pmean', mock.patch.object(collectives, 'device_mean',
                                                       jax.lax.pmean))):
     with patch:
-      times[name] = step_seconds(config, batch, args.steps)
+      times[name] = timing.config_step_seconds(config, batch, args.steps, jax.devices())
     print(f'{name:12s} {1e3 * times[name]:8.1f} ms/step  '
           f'{args.batch_size / times[name]:7.1f} images/s', flush=True)
   print(f'device_mean / lax.pmean: x{times["device_mean"] / times["lax.pmean"]:.3f}')

@@ -1,9 +1,15 @@
 """Shared by the benchmarks: random CIFAR-shaped batches and the median time of a train step."""
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
+
+from sila_jax import model as model_lib
+from sila_jax import optimizer as optimizer_lib
+from sila_jax import parallel as parallel_lib
+from sila_jax import peers
+from sila_jax import train_step as train_step_lib
 
 
 def random_batch(batch_size: int, num_classes: int = 10) -> dict[str, np.ndarray]:
@@ -24,3 +30,22 @@ def median_step_seconds(parallel: Any, state: Any, batch: dict[str, np.ndarray],
     if step >= 2:  # The first step compiles, the second may still warm caches.
       times.append(time.perf_counter() - start)
   return float(np.median(times))
+
+
+def config_step_seconds(config, batch: dict[str, np.ndarray], steps: int,
+                        devices: Sequence[jax.Device]) -> float:
+  """Median time of the project's train step for `config` (one model, or its DML peers)
+  under the shard_map wrapper on `devices`; traced and compiled afresh."""
+  schedule = optimizer_lib.learning_rate_schedule(config, 1000, 100)
+  tx = optimizer_lib.create_optimizer(config, schedule)
+  rng, image_shape = jax.random.PRNGKey(0), (32, 32, 3)
+  if peers.is_dml(config):
+    groups = peers.create_groups(config, bn_axis_name=train_step_lib.AXIS)
+    state = train_step_lib.create_peer_train_state(groups, tx, rng, image_shape)
+    step_fn = train_step_lib.make_peer_train_step(groups, tx, schedule, config)
+  else:
+    model = model_lib.create_model(config, bn_axis_name=train_step_lib.AXIS)
+    state = train_step_lib.create_train_state(model, tx, rng, image_shape)
+    step_fn = train_step_lib.make_train_step(model, tx, schedule, config)
+  parallel = parallel_lib.ShardMapParallel(step_fn, devices)
+  return median_step_seconds(parallel, state, batch, steps)

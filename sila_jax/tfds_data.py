@@ -59,7 +59,9 @@ def open_split(dataset: str, data_dir: str, split: str) -> TfdsSource:
       raise
     raise DataError(f'TFDS is needed for dataset={dataset}, install tensorflow-datasets, or '
                     'train from an image folder with dataset=folder.') from e
-  builder = tfds.builder(dataset, data_dir=data_dir or None, file_format=FILE_FORMAT)
+  # The file format is chosen when preparing: a builder created with one refuses a
+  # directory prepared with another before it can say so in a DataError.
+  builder = tfds.builder(dataset, data_dir=data_dir or None)
   if not builder.is_prepared():
     _prepare(builder, dataset)
   try:

@@ -200,6 +200,16 @@ def test_sila_jax_does_not_import_tfds(tmp_path):
       """), tmp_path)
 
 
+def test_tfrecord_data_dir_is_one_line(tmp_path, monkeypatch):
+  archive = str(tmp_path / 'cifar-10-binary.tar.gz')
+  write_cifar10_archive(archive)
+  fetch_from(monkeypatch, archive)
+  tfds.builder('cifar10', data_dir=str(tmp_path)).download_and_prepare()  # tf.data's format.
+  with pytest.raises(DataError, match='tfrecord files') as error:
+    tfds_data.open_split('cifar10', str(tmp_path), 'train')
+  assert '\n' not in str(error.value)
+
+
 def test_failed_download_is_one_line(tmp_path, monkeypatch):
   def unreachable(self, resource):
     del self, resource

@@ -5,7 +5,6 @@ python eval.py --config=configs/cifar10.py --export_dir=/tmp/run/export
 """
 from absl import flags
 from ml_collections import config_flags
-import tensorflow as tf
 
 from sila_jax import checkpoint
 from sila_jax import cli
@@ -28,7 +27,6 @@ flags.mark_flags_as_mutual_exclusive(['workdir', 'export_dir'], required=True)
 
 def main(argv):
   del argv
-  tf.config.set_visible_devices([], 'GPU')
   distributed.initialize(_CONFIG.value.distributed)  # Before any device is touched.
   checkpoint.quiet_orbax_logs()
   if _EXPORT_DIR.value:

@@ -7,7 +7,6 @@ main head's parameters and BatchNorm statistics, and model.json describing the p
 """
 from absl import flags
 from ml_collections import config_flags
-import tensorflow as tf
 
 from sila_jax import checkpoint
 from sila_jax import cli
@@ -28,7 +27,6 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
   del argv
-  tf.config.set_visible_devices([], 'GPU')
   distributed.initialize(_CONFIG.value.distributed)  # Before any device is touched.
   checkpoint.quiet_orbax_logs()
   export_dir = _EXPORT_DIR.value or (f'{_WORKDIR.value}/export' if not _PEER.value

@@ -1,7 +1,6 @@
 """Train a SiLa model: python train.py --config=configs/cifar10.py --workdir=/tmp/run."""
 from absl import flags
 from ml_collections import config_flags
-import tensorflow as tf
 
 from sila_jax import checkpoint
 from sila_jax import cli
@@ -16,7 +15,6 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
   del argv
-  tf.config.set_visible_devices([], 'GPU')  # The input pipeline must leave accelerators to JAX.
   distributed.initialize(_CONFIG.value.distributed)  # Before any device is touched.
   checkpoint.quiet_orbax_logs()
   result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -11,5 +11,4 @@ def get_config():
   config.data_dir = '/tmp/cifar10'
   config.train_split = 'train[:-500]'
   config.eval_split = 'train[-500:]'
-  config.shuffle_buffer = 45_000
   return config

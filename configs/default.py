@@ -14,9 +14,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.image_size = 32
   config.normalize_mean = (0.4914, 0.4822, 0.4465)  # CIFAR-10 per-channel statistics.
   config.normalize_std = (0.2470, 0.2435, 0.2616)
-  config.cache = True  # Keep decoded training images in memory.
-  config.shuffle_buffer = 50_000
-  config.check_images = True  # Folder datasets: decode every image once before training.
+  # Keep the decoded splits on the accelerators and draw and augment each batch inside the
+  # train step; False gathers each batch on the host (for splits too large for the devices).
+  config.on_device = True
 
   # Model. model: resnet20/32/44/56/110, resnet18, wrn16_4, wrn28_10, and dynamic-convolution
   # dy_resnet20/32/56, dy_resnet18.
@@ -73,7 +73,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.distributed = 'auto'
   config.eval_batch_size = 256  # Global; must divide by the device count.
   config.log_every_steps = 100
-  config.eval_every_steps = -1  # -1: once per epoch.
+  config.eval_every_steps = -1  # -1: once per epoch; 0: never.
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3  # The newest ones; <workdir>/best holds the best one besides.
   config.seed = 0

@@ -77,6 +77,9 @@ def _value_problems(config: ml_collections.ConfigDict, num_devices: int,
                'optimizer.warmup_epochs', 'dropout_rate', 'dynamic.tau_epochs', 'dml.weight'):
     if get_field(config, path) < 0:
       yield f'{path} must not be negative, got {get_field(config, path)}.'
+  if config.eval_every_steps < -1:
+    yield (f'eval_every_steps must be -1 (once per epoch), 0 (never) or positive, got '
+           f'{config.eval_every_steps}.')
   if not 0 <= config.label_smoothing < 1:
     yield f'label_smoothing must be in [0, 1), got {config.label_smoothing}.'
   if config.num_train_steps <= 0 and config.num_epochs <= 0:

@@ -2,7 +2,7 @@
 import json
 import os
 import re
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +18,6 @@ from sila_jax import input_pipeline
 from sila_jax import model as model_lib
 from sila_jax import parallel
 from sila_jax import peers
-from sila_jax.errors import DataError
 from sila_jax.train_step import AXIS
 
 
@@ -61,15 +60,32 @@ def make_peer_eval_step(groups: tuple[peers.Group, ...]):
   return eval_step
 
 
+class EvalBatches:
+  """Batches from `input_pipeline.load_eval_shard` (leading batch axis), iterated as global
+  batches split over `mesh`: put on the devices once (`on_device`), or one at a time."""
+
+  def __init__(self, batches: dict[str, np.ndarray], mesh: Mesh, on_device: bool):
+    self._host = batches
+    self._sharding = NamedSharding(mesh, P(AXIS))
+    self._resident = (parallel.shard_batch(batches, NamedSharding(mesh, P(None, AXIS)))
+                      if on_device else None)
+
+  def __iter__(self) -> Iterator[dict[str, jax.Array]]:
+    for i in range(len(self._host['label'])):
+      if self._resident is None:
+        yield parallel.shard_batch({k: v[i] for k, v in self._host.items()}, self._sharding)
+      else:
+        yield {k: v[i] for k, v in self._resident.items()}
+
+
 def evaluate(eval_step, variables: dict[str, Any], batches: Iterable[dict[str, Any]],
              mesh: Mesh, temperature: float = 1.0) -> dict[str, float]:
-  """Means over `batches` (split over `mesh`) of eval_step's sums, and the example count:
-  'correct' sums become accuracies ('peer_0/correct' -> 'peer_0/accuracy')."""
+  """Means over `batches` (global arrays split over `mesh`) of eval_step's sums, and the
+  example count: 'correct' sums become accuracies ('peer_0/correct' -> 'peer_0/accuracy')."""
   variables = jax.device_put(variables, NamedSharding(mesh, P()))
-  sharding = NamedSharding(mesh, P(AXIS))
   totals = None
   for batch in batches:
-    sums = eval_step(variables, parallel.shard_batch(batch, sharding), temperature)
+    sums = eval_step(variables, batch, temperature)
     totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
   if totals is None:
     raise ValueError('The evaluation split is empty.')
@@ -86,10 +102,18 @@ def split_filename(split: str, prefix: str = 'eval') -> str:
 
 
 def make_main_branch_eval_step(config: ml_collections.ConfigDict):
-  """The eval step of `config`'s deployable model(s): the plain model, or every DML peer's."""
+  """The eval step of `config`'s deployable model(s), the plain model or every DML peer's,
+  on uint8 images normalised as `config` says."""
   if peers.is_dml(config):
-    return make_peer_eval_step(peers.create_groups(config, main_branch_only=True))
-  return make_eval_step(model_lib.create_model(config, main_branch_only=True))
+    eval_step = make_peer_eval_step(peers.create_groups(config, main_branch_only=True))
+  else:
+    eval_step = make_eval_step(model_lib.create_model(config, main_branch_only=True))
+
+  @jax.jit
+  def on_uint8_images(variables, batch, temperature):
+    batch = {**batch, 'image': input_pipeline.normalize(batch['image'], config)}
+    return eval_step(variables, batch, temperature)
+  return on_uint8_images
 
 
 def deployable_params(config: ml_collections.ConfigDict, variables: dict[str, Any]) -> int:
@@ -102,14 +126,11 @@ def deployable_params(config: ml_collections.ConfigDict, variables: dict[str, An
 def evaluate_variables(config: ml_collections.ConfigDict, eval_step, variables: dict[str, Any],
                        split: str, temperature: float = 1.0) -> dict[str, Any]:
   """`evaluate` of eval_step with `variables` on `split` of `config`'s data; adds num_params."""
-  data = input_pipeline.load_split(config, split, drop_remainder=False)
-  if data.num_classes != config.num_classes:
-    raise DataError(f'The model has {config.num_classes} classes but split {split!r} of '
-                    f'{config.dataset} has {data.num_classes}.')
-  local_batch = config.eval_batch_size // jax.process_count()
+  data = input_pipeline.load_eval_shard(config, split,
+                                       config.eval_batch_size // jax.process_count())
   mesh = Mesh(np.asarray(jax.devices()), (AXIS,))
-  result = evaluate(eval_step, variables, input_pipeline.eval_batches(data, config, local_batch),
-                    mesh, temperature)
+  result = evaluate(eval_step, variables, EvalBatches(data, mesh, config.on_device), mesh,
+                    temperature)
   result.update(split=split, num_params=deployable_params(config, variables))
   return result
 

@@ -1,275 +1,210 @@
-"""Input: TFDS CIFAR or an ImageFolder tree -> augmented, normalised numpy batches.
+"""Input: decoded splits as uint8 arrays; batches drawn and augmented inside the train step.
 
-Each process reads only its own shards. Training reads one even shard of the split per
-device, each shuffled and augmented deterministically from `config.seed` and its index, and
-a process's batch is its devices' blocks of the global batch: so the global batches depend on
-the seed and the device count, not on how the devices are spread over processes.
-Evaluation reads one shard per process and visits every example exactly once, padding the
-last batch and marking real examples in `mask`.
+Training reads one even shard of the split per device (strided: shard i of D holds examples
+i, i + D, ...), each streamed with the seed `config.seed + i`. The n-th example of a shard's
+stream is example `order_e[n mod s]` of the shard (s its size, e = n // s its epoch, order_e
+a permutation drawn from (seed, e)), cropped and flipped with a key drawn from (seed, n). A
+step's batch is a pure function of (seed, shard, step): resuming needs nothing but the step.
+
+With `config.on_device` the shards stay on their devices and the step draws its own batch
+(`device_input_step`); otherwise the host gathers each step's uint8 batch from host memory
+(`host_batches`) and the step augments it (`host_input_step`). Both give the same batches.
+Evaluation reads one strided shard of the split per process and visits every example once,
+padding the last batch and marking real examples in `mask`.
 """
 import dataclasses
-import os
-import re
-from typing import Iterator, Sequence
+import functools
+import itertools
+from typing import Callable, Iterator, Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from sila_jax import distributed
+from sila_jax import folder_data
 from sila_jax.errors import DataError
 
 DATASETS = ('cifar10', 'cifar100', 'folder')
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 PAD = 4  # Pixels of zero padding before the random crop (the standard CIFAR recipe).
+# Independent key streams derived from a shard's seed.
+_ORDER, _AUGMENT = 0, 1
 
 
 @dataclasses.dataclass(frozen=True)
-class Split:
-  """One shard of a split: {'image': uint8 (H, W, 3), 'label': int64} examples.
-
-  `largest_shard` is the size of the split's largest shard: processes evaluating shards of
-  unequal size still run as many batches.
-  """
-  dataset: tf.data.Dataset
-  num_examples: int
-  num_classes: int
-  largest_shard: int
+class Examples:
+  """Decoded examples: images uint8 (n, H, W, 3), labels int32 (n,)."""
+  images: np.ndarray
+  labels: np.ndarray
 
 
-def load_split(config: ml_collections.ConfigDict, split: str, *, drop_remainder: bool,
-               shard: tuple[int, int] | None = None) -> Split:
-  """One shard of `split`: shard=(index, count) of `count` even shards, by default this process's.
-
-  `drop_remainder` makes the shards equally large; without it every example is in exactly one
-  shard and the processes agree on `largest_shard` (an all-gather: call it in every process).
-  """
-  index, count = shard or (jax.process_index(), jax.process_count())
+def open_source(config: ml_collections.ConfigDict, split: str):
+  """`split` of config's dataset as a source: num_examples, num_classes, read(indices)."""
   if config.dataset == 'folder':
-    loaded = _load_folder_split(config, split, drop_remainder, index, count)
-  elif config.dataset in DATASETS:
-    loaded = _load_tfds_split(config, split, drop_remainder, index, count)
-  else:
-    raise DataError(f'Unknown dataset {config.dataset!r}; choose one of {DATASETS}.')
-  if drop_remainder:
-    return loaded
-  return dataclasses.replace(loaded, largest_shard=distributed.max_over_processes(
-      loaded.num_examples))
+    return folder_data.FolderSource(config.data_dir, split, config.image_size)
+  if config.dataset in DATASETS:
+    from sila_jax import tfds_data  # pylint: disable=g-import-not-at-top  # TFDS only if used.
+    return tfds_data.open_split(config.dataset, config.data_dir, split)
+  raise DataError(f'Unknown dataset {config.dataset!r}; choose one of {DATASETS}.')
 
 
-def device_shards(devices: Sequence[jax.Device]) -> list[tuple[int, int]]:
-  """(index, count) of the training shards this process reads: its devices' mesh positions."""
-  return [(i, len(devices)) for i, device in enumerate(devices)
-          if device.process_index == jax.process_index()]
+def _read(source, indices: np.ndarray, num_classes: int, split: str) -> Examples:
+  """The examples of `source` at `indices`, once the class count is known to match."""
+  if source.num_classes != num_classes:
+    raise DataError(f'num_classes={num_classes} but split {split!r} has {source.num_classes} '
+                    f'classes (labels 0..{source.num_classes - 1}); set '
+                    f'num_classes={source.num_classes}.')
+  images, labels = source.read(indices)
+  return Examples(np.asarray(images, np.uint8), np.asarray(labels, np.int32))
 
 
-def _load_tfds_split(config, split, drop_remainder, index, count) -> Split:
-  if config.data_dir and not tf.io.gfile.isdir(config.data_dir):
-    raise DataError(f'data_dir {config.data_dir!r} does not exist; create it, or leave it empty '
-                    'for the TFDS default.')
-  builder = tfds.builder(config.dataset, data_dir=config.data_dir or None)
-  try:
-    builder.download_and_prepare()
-  except Exception as e:  # Network, disk or permission: TFDS's own types vary.
-    raise DataError(f'Could not download and prepare {config.dataset} in {builder.data_dir}: '
-                    f'{str(e).splitlines()[0] if str(e) else type(e).__name__}') from e
-  ds = builder.as_dataset(split=tfds.split_for_jax_process(
-      split, process_index=index, process_count=count, drop_remainder=drop_remainder),
-                          shuffle_files=False)
-  ds = ds.map(lambda ex: {'image': ex['image'], 'label': ex['label']})
-  num_examples = int(ds.cardinality())
-  return Split(ds, num_examples, builder.info.features['label'].num_classes, num_examples)
+def device_shards(devices: Sequence[jax.Device]) -> list[int]:
+  """Indices of the training shards this process reads: its devices' mesh positions."""
+  return [i for i, device in enumerate(devices) if device.process_index == jax.process_index()]
 
 
-_FOLDER_SPLIT = re.compile(r'^(\w+)(?:\[(-?\d*):(-?\d*)\])?$')
+def load_train_shards(config: ml_collections.ConfigDict,
+                      devices: Sequence[jax.Device]) -> tuple[list[Examples], int]:
+  """This process's devices' training shards (device order) and the shard size s.
 
-
-def parse_folder_split(split: str) -> tuple[str, slice]:
-  """'train' -> ('train', [:]); 'train[:4500]' -> ('train', slice(None, 4500)).
-
-  In a folder dataset the slice is taken within each class, so every split stays
-  class-balanced (ImageFolder has no sub-split API of its own).
+  The split is cut into len(devices) strided shards of s = N // len(devices) examples.
   """
-  match = _FOLDER_SPLIT.match(split)
-  if not match:
-    raise DataError(f"Folder split must look like 'train' or 'train[start:stop]', got {split!r}.")
-  name, start, stop = match.groups()
-  return name, slice(int(start) if start else None, int(stop) if stop else None)
+  source = open_source(config, config.train_split)
+  size = source.num_examples // len(devices)
+  if not size:
+    raise DataError(f'The training split has {source.num_examples} examples, fewer than the '
+                    f'{len(devices)} devices.')
+  local = device_shards(devices)
+  indices = np.concatenate([np.arange(i, size * len(devices), len(devices)) for i in local])
+  examples = _read(source, indices, config.num_classes, config.train_split)
+  return [Examples(examples.images[k * size:(k + 1) * size], examples.labels[k * size:(k + 1) * size])
+          for k in range(len(local))], size
 
 
-def _count_images(directory: str) -> int:
-  if not tf.io.gfile.isdir(directory):
-    return 0
-  return sum(f.lower().endswith(IMAGE_EXTENSIONS) for f in tf.io.gfile.listdir(directory))
+def load_eval_shard(config: ml_collections.ConfigDict, split: str,
+                    batch_size: int) -> dict[str, np.ndarray]:
+  """This process's strided shard of `split` as padded batches, every example once.
 
-
-def _load_folder_split(config, split, drop_remainder, index, count) -> Split:
-  if not config.data_dir or not tf.io.gfile.isdir(config.data_dir):
-    raise DataError(f'data_dir {config.data_dir!r} is not a directory; the folder dataset '
-                    'needs <data_dir>/<split>/<class>/<image>.')
-  name, per_class = parse_folder_split(split)
-  builder = tfds.folder_dataset.ImageFolder(config.data_dir)
-  if name not in builder.info.splits:
-    raise DataError(f'No split {name!r} in data_dir {config.data_dir!r} (found '
-                    f'{sorted(builder.info.splits) or "no <split>/<class>/<image> files"}).')
-  class_names = builder.info.features['label'].names
-  ranges = [range(_count_images(os.path.join(config.data_dir, name, c)))[per_class]
-            for c in class_names]
-  starts = tf.constant([r.start for r in ranges], tf.int64)
-  stops = tf.constant([r.stop for r in ranges], tf.int64)
-  num_examples = sum(len(r) for r in ranges)
-  if not num_examples:
-    raise DataError(f'Split {split!r} of data_dir {config.data_dir!r} holds no images.')
-
-  def index_within_class(seen, example):
-    label = example['label']
-    return seen + tf.one_hot(label, len(class_names), dtype=tf.int64), (example, seen[label])
-
-  def in_slice(example, index):
-    return (index >= starts[example['label']]) & (index < stops[example['label']])
-
-  def decode(example, index):
-    del index
-    image = tf.io.decode_image(example['image'], channels=3, expand_animations=False)
-    size = (config.image_size, config.image_size)
-    image = tf.cond(tf.reduce_all(tf.shape(image)[:2] == size), lambda: image,
-                    lambda: tf.saturate_cast(tf.round(tf.image.resize(image, size)), tf.uint8))
-    return {'image': tf.ensure_shape(image, (*size, 3)), 'label': example['label']}
-
-  ds = builder.as_dataset(split=name, shuffle_files=False,
-                          decoders={'image': tfds.decode.SkipDecoding()})
-  ds = ds.scan(tf.zeros(len(class_names), tf.int64), index_within_class).filter(in_slice)
-  ds = ds.shard(count, index)
-  share = len(range(index, num_examples, count))
-  if config.check_images:
-    _check_images_decode(ds, share, split, config.data_dir)
-  if drop_remainder:
-    share = num_examples // count
-    ds = ds.take(share)
-  ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-  return Split(ds, share, len(class_names), share)
-
-
-def _decodes(example, index) -> tuple[tf.Tensor, tf.Tensor]:
-  del index
-  image = tf.io.decode_image(example['image'], channels=3, expand_animations=False)
-  return tf.shape(image)[0], example['image/filename']
-
-
-def _check_images_decode(ds: tf.data.Dataset, num_examples: int, split: str,
-                         data_dir: str) -> None:
-  """Decodes every image once; raises DataError naming the files that do not decode."""
-  readable = ds.map(_decodes, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
-  if int(readable.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1)) == num_examples:
-    return
-  good = {name for _, name in readable.as_numpy_iterator()}
-  bad = [name.decode() for name in ds.map(lambda ex, i: ex['image/filename']).as_numpy_iterator()
-         if name not in good]
-  raise DataError(f'{len(bad)} unreadable image(s) in split {split!r} of {data_dir}: '
-                  f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} "
-                  '(fix or remove them, or set check_images=False to skip this check).')
-
-
-def normalize(image: tf.Tensor, config: ml_collections.ConfigDict) -> tf.Tensor:
-  """uint8 (H, W, 3) -> float32, per-channel standardised with config's mean and std."""
-  image = tf.cast(image, tf.float32) / 255.0
-  return (image - tf.constant(config.normalize_mean)) / tf.constant(config.normalize_std)
-
-
-def augment(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-  """Zero-pad by PAD pixels, random crop back to (H, W), random horizontal flip."""
-  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  padded = tf.pad(image, [[PAD, PAD], [PAD, PAD], [0, 0]])
-  image = tf.image.stateless_random_crop(padded, tf.shape(image), crop_seed)
-  return tf.image.stateless_random_flip_left_right(image, flip_seed)
-
-
-def _deterministic(ds: tf.data.Dataset) -> tf.data.Dataset:
-  options = tf.data.Options()
-  options.deterministic = True
-  return ds.with_options(options)
-
-
-def train_batches(split: Split, config: ml_collections.ConfigDict, batch_size: int, *,
-                  seed: int, start_step: int = 0, views: int = 1
-                  ) -> Iterator[dict[str, np.ndarray]]:
-  """Endless augmented batches {'image': (b, H, W, 3) f32, 'label': (b,) i32}, b = batch_size.
-
-  Epoch e visits the split in an order drawn from (seed, e), and the n-th example of the
-  stream is augmented with the seed (seed, n); so the stream is a function of `seed` alone
-  and resuming at `start_step` starts directly at its epoch and index within it.
-  With `views` > 1, images are (b, views, H, W, 3): view 0 as above, view v augmented with
-  (seed, n) folded with v (DML peers with independent augmentation).
+  Returns {'image': uint8 (n, B, H, W, 3), 'label': (n, B), 'mask': (n, B) bool}, B =
+  batch_size, n the batch count of the largest process shard (an all-gather: call it in every
+  process), so every process takes part in as many (collective) evaluation steps.
   """
-  examples = split.dataset.cache() if config.cache else split.dataset
-  n = split.num_examples
-  start_epoch, start_index = data_position(start_step, batch_size, n)
-
-  def epoch(e):
-    order = examples.shuffle(min(config.shuffle_buffer, n), seed=seed * 1_000_003 + e,
-                             reshuffle_each_iteration=False)
-    return order.enumerate(start=e * n)
-
-  def prepare(index, example):
-    example_seed = tf.stack([tf.constant(seed, tf.int64), index])
-    seeds = [example_seed] + [tf.random.experimental.stateless_fold_in(example_seed, v)
-                              for v in range(1, views)]
-    images = [normalize(augment(example['image'], s), config) for s in seeds]
-    return {'image': images[0] if views == 1 else tf.stack(images),
-            'label': tf.cast(example['label'], tf.int32)}
-
-  ds = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max).flat_map(epoch)
-  ds = ds.skip(start_index).map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-  ds = _deterministic(ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
-  return ds.as_numpy_iterator()
+  source = open_source(config, split)
+  indices = np.arange(jax.process_index(), source.num_examples, jax.process_count())
+  examples = _read(source, indices, config.num_classes, split)
+  num_batches = -(-distributed.max_over_processes(len(indices)) // batch_size)
+  padding = num_batches * batch_size - len(indices)
+  batches = {
+      'image': np.concatenate([examples.images, np.zeros((padding, *examples.images.shape[1:]),
+                                                          np.uint8)]),
+      'label': np.concatenate([examples.labels, np.zeros(padding, np.int32)]),
+      'mask': np.arange(num_batches * batch_size) < len(indices)}
+  return {k: v.reshape(num_batches, batch_size, *v.shape[1:]) for k, v in batches.items()}
 
 
-def device_train_batches(splits: Sequence[Split], shards: Sequence[tuple[int, int]],
-                         config: ml_collections.ConfigDict, device_batch: int, *,
-                         start_step: int = 0, views: int = 1) -> Iterator[dict[str, np.ndarray]]:
-  """This process's blocks of the global batch, (len(splits) * device_batch, ...) arrays.
+def epoch_order(seed, epoch, shard_size: int) -> jax.Array:
+  """The permutation (shard_size,) of a shard's examples in epoch `epoch`."""
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), _ORDER), epoch)
+  return jax.random.permutation(key, shard_size)
 
-  `splits` are the training shards `shards` (from device_shards) of this process's devices;
-  shard i streams with seed config.seed + i (and `views`), as `train_batches` describes.
+
+def positions_and_indices(step, seed, shard_size: int, batch_size: int, order_fn: Callable,
+                          xp=jnp):
+  """Stream positions (b,) of `step`'s batch and the shard indices (b,) of their examples.
+
+  A batch spans at most two epochs (batch_size <= shard_size); `order_fn(seed, epoch)` gives
+  an epoch's permutation. `xp` is jnp inside the step, np on the host.
   """
-  streams = [train_batches(split, config, device_batch, seed=config.seed + index,
-                           start_step=start_step, views=views)
-             for split, (index, _) in zip(splits, shards)]
-  if len(streams) == 1:
-    return streams[0]
-  return ({k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
-          for blocks in zip(*streams))
+  first = step * batch_size
+  positions = first + xp.arange(batch_size, dtype=np.int32)
+  epoch = first // shard_size
+  within = positions % shard_size
+  indices = xp.where(positions // shard_size == epoch, order_fn(seed, epoch)[within],
+                     order_fn(seed, epoch + 1)[within])
+  return positions, indices
 
 
-def data_position(step: int, batch_size: int, num_examples: int) -> tuple[int, int]:
-  """(epoch, index within it) of the first example after `step` batches of `batch_size`."""
-  return divmod(step * batch_size, num_examples)
+def _crop_and_flip(image: jax.Array, key: jax.Array) -> jax.Array:
+  """Zero-pad (H, W, 3) by PAD pixels, crop a random (H, W) window, flip it half the time."""
+  crop_key, flip_key = jax.random.split(key)
+  offset = jax.random.randint(crop_key, (2,), 0, 2 * PAD + 1)
+  padded = jnp.pad(image, ((PAD, PAD), (PAD, PAD), (0, 0)))
+  image = jax.lax.dynamic_slice(padded, (offset[0], offset[1], 0), image.shape)
+  return jnp.where(jax.random.bernoulli(flip_key), image[:, ::-1], image)
 
 
-def eval_batches(split: Split, config: ml_collections.ConfigDict,
-                 batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-  """Each example once: {'image', 'label', 'mask': (b,) bool}, the last batch zero-padded.
+def normalize(images: jax.Array, config: ml_collections.ConfigDict) -> jax.Array:
+  """uint8 (..., 3) -> float32, per-channel standardised with config's mean and std."""
+  images = images.astype(jnp.float32) / 255.0
+  return (images - jnp.asarray(config.normalize_mean)) / jnp.asarray(config.normalize_std)
 
-  Empty batches (mask all False) follow up to the batch count of the split's largest shard,
-  so every process takes part in as many (collective) evaluation steps.
+
+def augment(images: jax.Array, positions: jax.Array, seed, config: ml_collections.ConfigDict,
+            views: int = 1) -> jax.Array:
+  """uint8 (b, H, W, 3) at stream positions (b,) -> normalised float32 (b, H, W, 3).
+
+  With `views` > 1, (b, views, H, W, 3): view 0 as with one view, view v cropped and flipped
+  with the position's key folded with v (DML peers with independent augmentation).
   """
-  ds = split.dataset.map(
-      lambda ex: {'image': normalize(ex['image'], config), 'label': tf.cast(ex['label'], tf.int32)},
-      num_parallel_calls=tf.data.AUTOTUNE)
-  for batch in _deterministic(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)).as_numpy_iterator():
-    yield pad_batch(batch, batch_size)
-  size = config.image_size
-  empty = {'image': np.zeros((0, size, size, 3), np.float32), 'label': np.zeros(0, np.int32)}
-  for _ in range(-(-split.num_examples // batch_size), -(-split.largest_shard // batch_size)):
-    yield pad_batch(empty, batch_size)
+  base = jax.random.fold_in(jax.random.PRNGKey(seed), _AUGMENT)
+  keys = jax.vmap(functools.partial(jax.random.fold_in, base))(positions)
+  view_keys = [keys] + [jax.vmap(jax.random.fold_in, (0, None))(keys, v) for v in range(1, views)]
+  augmented = [jax.vmap(_crop_and_flip)(images, k) for k in view_keys]
+  return normalize(augmented[0] if views == 1 else jnp.stack(augmented, axis=1), config)
 
 
-def pad_batch(batch: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
-  """Zero-pads every array to `batch_size` rows and adds `mask` (True for real rows)."""
-  n = len(batch['label'])
-  padded = {k: np.concatenate([v, np.zeros((batch_size - n, *v.shape[1:]), v.dtype)])
-            for k, v in batch.items()}
-  padded['mask'] = np.arange(batch_size) < n
-  return padded
+def device_input_step(step_fn: Callable, config: ml_collections.ConfigDict, axis_name: str,
+                      shard_size: int, batch_size: int, views: int = 1) -> Callable:
+  """(state, shard) -> step_fn(state, batch), the batch drawn on the device from its shard.
+
+  shard: {'image': uint8 (s, H, W, 3), 'label': (s,)}, this device's training shard; the
+  batch (b = batch_size examples) is the one of step `state.step`, seed config.seed + the
+  device's position on `axis_name`.
+  """
+  def step(state, shard):
+    seed = config.seed + jax.lax.axis_index(axis_name)
+    order = functools.partial(epoch_order, shard_size=shard_size)
+    positions, indices = positions_and_indices(state.step, seed, shard_size, batch_size, order)
+    batch = {'image': augment(shard['image'][indices], positions, seed, config, views),
+             'label': shard['label'][indices]}
+    return step_fn(state, batch)
+  return step
+
+
+def host_input_step(step_fn: Callable, config: ml_collections.ConfigDict, axis_name: str,
+                    views: int = 1) -> Callable:
+  """(state, raw batch) -> step_fn(state, batch): augments a batch from `host_batches`."""
+  def step(state, raw):
+    seed = config.seed + jax.lax.axis_index(axis_name)
+    batch = {'image': augment(raw['image'], raw['position'], seed, config, views),
+             'label': raw['label']}
+    return step_fn(state, batch)
+  return step
+
+
+def host_batches(shards: Sequence[Examples], shard_ids: Sequence[int],
+                 config: ml_collections.ConfigDict, batch_size: int,
+                 start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  """This process's blocks of every step's batch from `start_step` on, gathered on the host.
+
+  `shard_ids` are the shards' mesh positions (`device_shards`). Yields {'image': uint8
+  (k * b, H, W, 3), 'label': (k * b,), 'position': (k * b,)}: the k shards' blocks one after
+  another, b = batch_size, drawn exactly as `device_input_step` draws them.
+  """
+  size = len(shards[0].labels)
+  order_on_cpu = jax.jit(epoch_order, static_argnums=2)
+
+  @functools.lru_cache(maxsize=4 * len(shards))
+  def order(seed, epoch):  # Computed once per shard and epoch, on the host.
+    with jax.default_device(jax.devices('cpu')[0]):
+      return np.asarray(order_on_cpu(seed, epoch, size))
+
+  for step in itertools.count(start_step):
+    blocks = []
+    for shard, shard_id in zip(shards, shard_ids):
+      positions, indices = positions_and_indices(step, config.seed + shard_id, size, batch_size,
+                                                 order, xp=np)
+      blocks.append({'image': shard.images[indices], 'label': shard.labels[indices],
+                     'position': positions})
+    yield {key: np.concatenate([b[key] for b in blocks]) for key in blocks[0]}

@@ -1,6 +1,7 @@
 """`train_and_evaluate`: the whole run, top to bottom, in headed sections."""
 import contextlib
 import functools
+import itertools
 import json
 import os
 import signal
@@ -27,6 +28,8 @@ from sila_jax import train_step as train_step_lib
 from sila_jax.errors import DataError, NonFiniteLossError
 
 METRICS = 'metrics.jsonl'
+# Fields of a training record that depend on the machine's speed, not on the run.
+TIMINGS = ('images_per_sec', 'input_wait')
 
 
 def _read_metrics(workdir: str) -> list[dict[str, Any]]:
@@ -112,23 +115,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   device_batch = config.batch_size // len(devices)
 
   # Input: the training split in one shard per device, read by the device's process.
-  shards = input_pipeline.device_shards(devices)
-  train_shards = [input_pipeline.load_split(config, config.train_split, drop_remainder=True,
-                                            shard=shard) for shard in shards]
-  train_data = train_shards[0]
-  eval_data = input_pipeline.load_split(config, config.eval_split, drop_remainder=False)
-  if train_data.num_classes != config.num_classes:
-    raise DataError(f'num_classes={config.num_classes} but {config.dataset} has '
-                    f'{train_data.num_classes} classes (labels 0..{train_data.num_classes - 1}); '
-                    f'set num_classes={train_data.num_classes}.')
-  steps_per_epoch = train_data.num_examples // device_batch
+  shard_ids = input_pipeline.device_shards(devices)
+  train_shards, shard_size = input_pipeline.load_train_shards(config, devices)
+  local_eval_batch = config.eval_batch_size // jax.process_count()
+  eval_data = input_pipeline.load_eval_shard(config, config.eval_split, local_eval_batch)
+  steps_per_epoch = shard_size // device_batch
   if not steps_per_epoch:
-    raise DataError(f'The training split gives {train_data.num_examples * len(devices)} examples '
-                    f'({train_data.num_examples} per device), fewer than one batch of '
-                    f'{config.batch_size}.')
+    raise DataError(f'The training split gives {shard_size * len(devices)} examples '
+                    f'({shard_size} per device), fewer than one batch of {config.batch_size}.')
   num_train_steps = (config.num_train_steps if config.num_train_steps > 0
                      else config.num_epochs * steps_per_epoch)
-  eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
+  eval_every = {-1: steps_per_epoch, 0: None}.get(config.eval_every_steps,
+                                                  config.eval_every_steps)
 
   # Model (or DML peers), optimizer, state: the newest readable checkpoint, or a fresh start.
   schedule = optimizer_lib.learning_rate_schedule(config, num_train_steps, steps_per_epoch)
@@ -170,10 +168,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if state is None:
       state = initial_state()
     else:
-      epoch, index = input_pipeline.data_position(start_step, device_batch,
-                                                  train_data.num_examples)
+      epoch, index = divmod(start_step * device_batch, shard_size)
       logging.info('Resuming at step %d: epoch %d, example %d of %d per device.', start_step,
-                   epoch, index, train_data.num_examples)
+                   epoch, index, shard_size)
     _drop_metrics_after(workdir, start_step)
     best_accuracy = checkpoint.best_accuracy(best_manager)
     logging.info('Parameters: %d in training, %d at test time.',
@@ -181,20 +178,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                  evaluate_lib.deployable_params(
                      config, {'params': state.params, 'batch_stats': state.batch_stats}))
 
-    # Parallel update step.
-    parallel = parallel_lib.create_parallel(config.parallel, step_fn, devices)
+    # Parallel update step, drawing its batch from the device-resident shards or taking the
+    # one the host gathered. DML peers share each augmented batch unless
+    # dml.independent_augment gives each a view.
+    num_views = config.dml.num_peers if dml and config.dml.independent_augment else 1
+    if config.on_device:
+      input_step = input_pipeline.device_input_step(step_fn, config, train_step_lib.AXIS,
+                                                    shard_size, device_batch, num_views)
+    else:
+      input_step = input_pipeline.host_input_step(step_fn, config, train_step_lib.AXIS, num_views)
+    parallel = parallel_lib.create_parallel(config.parallel, input_step, devices)
     device_state = parallel.put_state(state)
+    if config.on_device:
+      resident = parallel.put_batch({'image': np.concatenate([s.images for s in train_shards]),
+                                     'label': np.concatenate([s.labels for s in train_shards])})
+      batches = itertools.repeat(resident)
+    else:
+      batches = map(parallel.put_batch, input_pipeline.host_batches(
+          train_shards, shard_ids, config, device_batch, start_step))
 
     # Evaluator: the plain model (every peer's), main-branch variables only.
     eval_step = evaluate_lib.make_main_branch_eval_step(config)
-    local_eval_batch = config.eval_batch_size // jax.process_count()
+    eval_batches = evaluate_lib.EvalBatches(eval_data, parallel.mesh, config.on_device)
 
     def run_eval(step: int) -> dict[str, Any]:
       current = parallel.unreplicate(device_state)
       variables = main_branch({'params': current.params, 'batch_stats': current.batch_stats})
-      metrics = evaluate_lib.evaluate(
-          eval_step, variables, input_pipeline.eval_batches(eval_data, config, local_eval_batch),
-          parallel.mesh, attention_temperature(step))
+      metrics = evaluate_lib.evaluate(eval_step, variables, eval_batches, parallel.mesh,
+                                      attention_temperature(step))
       logging.info('step %d  val accuracy %.4f  val loss %.4f  (%d examples)%s', step,
                    metrics['accuracy'], metrics['loss'], metrics['num_examples'],
                    ''.join(f'  {name} {value:.4f}' for name, value in metrics.items()
@@ -203,22 +214,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       return metrics
 
     # Training loop. Checkpoints are written only after the loss and parameters are checked.
-    # DML peers share each augmented batch unless dml.independent_augment gives each a view.
-    num_views = config.dml.num_peers if dml and config.dml.independent_augment else 1
-    batches = input_pipeline.device_train_batches(train_shards, shards, config, device_batch,
-                                                  start_step=start_step, views=num_views)
     # SIGTERM in any process stops every process after the same step.
     any_sigterm = distributed.AnyProcess(parallel.mesh)
     logging.info('Training steps %d..%d (%d per epoch), global batch %d on %d devices.',
                  start_step, num_train_steps, steps_per_epoch, config.batch_size, len(devices))
     status, train_metrics, val_metrics = 'trained', {}, {}
-    pending, timed_steps, tick = [], 0, time.perf_counter()
+    pending, timed_steps, input_seconds, tick = [], 0, 0.0, time.perf_counter()
     for step in range(start_step + 1, num_train_steps + 1):
+      waited = time.perf_counter()
       batch = next(batches)
-      if batch['label'].max() >= config.num_classes or batch['label'].min() < 0:
-        raise DataError(f'Label out of range [0, {config.num_classes}) in the batch of step '
-                        f'{step}.')
-      device_state, metrics = parallel.train_step(device_state, parallel.put_batch(batch))
+      input_seconds += time.perf_counter() - waited
+      device_state, metrics = parallel.train_step(device_state, batch)
       pending.append((step, parallel.unreplicate(metrics)))
       timed_steps += 1
       preempted = any_sigterm(sigterm_received())
@@ -229,7 +235,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         train_metrics = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
         elapsed, tick = time.perf_counter() - tick, time.perf_counter()
         train_metrics['images_per_sec'] = timed_steps * config.batch_size / elapsed
-        pending, timed_steps = [], 0
+        # The share of the loop's time spent getting batches: 0 with data on the devices.
+        train_metrics['input_wait'] = input_seconds / elapsed
+        pending, timed_steps, input_seconds = [], 0, 0.0
         logging.info('step %d  %s', step,
                      '  '.join(f'{k} {v:.4g}' for k, v in train_metrics.items()))
         _write_metrics(workdir, {'step': step, **train_metrics})
@@ -244,7 +252,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         logging.warning('SIGTERM: saved a checkpoint at step %d in %s and stopped. Run the '
                         'same command to resume.', step, manager.directory)
         break
-      if step % eval_every == 0 or step == num_train_steps:
+      if eval_every and (step % eval_every == 0 or step == num_train_steps):
         val_metrics = run_eval(step)
         if val_metrics['accuracy'] > best_accuracy:
           best_accuracy = val_metrics['accuracy']
@@ -254,5 +262,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                attention_temperature=attention_temperature(step),
                                val_accuracy=best_accuracy)
         # Keep evaluation out of the throughput figure.
-        timed_steps, tick = 0, time.perf_counter()
+        timed_steps, input_seconds, tick = 0, 0.0, time.perf_counter()
     return {'status': status, 'step': step, 'train': train_metrics, 'val': val_metrics}

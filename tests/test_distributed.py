@@ -15,15 +15,17 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
 from sila_jax import config_checks
 from sila_jax import distributed
 from sila_jax import input_pipeline
+from sila_jax import train
 from sila_jax.errors import ConfigError
 from tests.test_faults import ROOT, largest_file, logged_steps, saved_state, saved_steps
-from tests.test_input_pipeline import make_folder
+from tests.folders import make_folder
 
 TIMEOUT = 240  # Seconds for one launch: a hung collective fails the test, not the suite.
 STEPS = 12  # 4 epochs of 3 steps: 51 training images in 4 shards of 12, 4 per device and step.
@@ -105,7 +107,7 @@ def finish(processes, log_prefix) -> list[str]:
 
 def records(workdir):
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [{k: v for k, v in json.loads(line).items() if k != 'images_per_sec'} for line in f]
+    return [{k: v for k, v in json.loads(line).items() if k not in train.TIMINGS} for line in f]
 
 
 def assert_same_state(got, expected, **tolerance):
@@ -243,27 +245,25 @@ class FakeDevice:
 def test_global_batch_does_not_depend_on_how_devices_are_spread(tiny_config, tmp_path):
   tiny_config.update(dataset='folder', data_dir=make_folder(tmp_path, per_class=8),
                      num_classes=3)
-  shards = [(d, 4) for d in range(4)]
-  splits = [input_pipeline.load_split(tiny_config, 'train', drop_remainder=True, shard=s)
-            for s in shards]
-  assert [s.num_examples for s in splits] == [6, 6, 6, 6]  # 24 images, 4 even shards.
-  one_process = input_pipeline.device_train_batches(splits, shards, tiny_config, 2)
-  halves = [input_pipeline.device_train_batches(splits[i:i + 2], shards[i:i + 2], tiny_config, 2)
+  shards, size = input_pipeline.load_train_shards(tiny_config, jax.devices()[:4])
+  assert size == 6  # 24 images, 4 even shards.
+  one_process = input_pipeline.host_batches(shards, [0, 1, 2, 3], tiny_config, 2)
+  halves = [input_pipeline.host_batches(shards[i:i + 2], [i, i + 1], tiny_config, 2)
             for i in (0, 2)]
   for _ in range(5):  # Across an epoch boundary.
     batch, first, second = next(one_process), next(halves[0]), next(halves[1])
     for key in batch:
       np.testing.assert_array_equal(batch[key], np.concatenate([first[key], second[key]]))
   devices = [FakeDevice(0), FakeDevice(0), FakeDevice(1), FakeDevice(1)]
-  assert input_pipeline.device_shards(devices) == [(0, 4), (1, 4)]  # This is process 0.
+  assert input_pipeline.device_shards(devices) == [0, 1]  # This is process 0.
 
 
-def test_evaluation_pads_to_the_largest_shards_batch_count(tiny_config, tmp_path):
+def test_evaluation_pads_to_the_largest_shards_batch_count(tiny_config, tmp_path, monkeypatch):
   tiny_config.update(dataset='folder', data_dir=make_folder(tmp_path, per_class=3),
                      num_classes=3)
-  split = input_pipeline.load_split(tiny_config, 'train', drop_remainder=False, shard=(1, 2))
-  assert split.num_examples == 4  # Of 9: shard 0 holds 5.
-  padded = dataclasses.replace(split, largest_shard=5)
-  batches = list(input_pipeline.eval_batches(padded, tiny_config, 4))
-  assert [b['mask'].sum() for b in batches] == [4, 0]
-  assert not batches[1]['image'].any() and batches[1]['image'].shape == (4, 32, 32, 3)
+  monkeypatch.setattr(jax, 'process_index', lambda: 1)  # Process 1 of 2: 4 of the 9 images.
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(distributed, 'max_over_processes', lambda n: max(n, 5))
+  batches = input_pipeline.load_eval_shard(tiny_config, 'train', 4)
+  assert batches['mask'].sum(axis=1).tolist() == [4, 0]
+  assert not batches['image'][1].any() and batches['image'].shape == (2, 4, 32, 32, 3)

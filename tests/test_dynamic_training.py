@@ -3,7 +3,6 @@ import chex
 import jax
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from sila_jax import evaluate
 from sila_jax import export
@@ -69,13 +68,12 @@ def test_dy_resnet_with_sila_on_eight_devices_matches_one(dy_config):
 def test_dy_resnet_with_sila_trains_exports_and_evaluates(dy_config, tmp_path):
   dy_config.dynamic.tau_epochs = 100.0  # Still annealing at the end: eval must use tau(3).
   workdir, export_dir = str(tmp_path / 'run'), str(tmp_path / 'export')
-  with tfds.testing.mock_data(num_examples=40):
-    result = train.train_and_evaluate(dy_config, workdir)
-    description = export.export(dy_config, workdir, export_dir)
-    from_checkpoint = evaluate.evaluate_workdir(dy_config, workdir)
-    from_export = evaluate.evaluate_export(dy_config, export_dir)
-  # mock_data gives each of the 8 devices' shards all 40 examples: 20 steps of 2 per epoch.
-  tau = optimizer_lib.attention_temperature_schedule(dy_config, steps_per_epoch=20)
+  result = train.train_and_evaluate(dy_config, workdir)
+  description = export.export(dy_config, workdir, export_dir)
+  from_checkpoint = evaluate.evaluate_workdir(dy_config, workdir)
+  from_export = evaluate.evaluate_export(dy_config, export_dir)
+  # 40 examples in 8 shards of 5: 2 steps of 2 per epoch.
+  tau = optimizer_lib.attention_temperature_schedule(dy_config, steps_per_epoch=2)
   assert description['attention_temperature'] == pytest.approx(float(tau(3)))
   assert result['train']['attention_temperature'] > 1.0
   assert set(model_lib.main_branch(export.load_export(export_dir).variables)['params']) == {

@@ -25,7 +25,7 @@ from sila_jax import optimizer as optimizer_lib
 from sila_jax import train
 from sila_jax import train_step as train_step_lib
 from sila_jax.errors import CheckpointError, NonFiniteLossError
-from tests.test_input_pipeline import make_folder
+from tests.folders import make_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
@@ -123,7 +123,7 @@ def test_killed_and_preempted_run_ends_bit_for_bit_like_an_uninterrupted_one(dat
   assert logged_steps(workdir) == list(range(1, 31))  # Lost steps were redone once each.
   with open(os.path.join(workdir, 'metrics.jsonl')) as f, \
        open(os.path.join(reference_dir, 'metrics.jsonl')) as g:
-    drop_speed = lambda r: {k: v for k, v in json.loads(r).items() if k != 'images_per_sec'}
+    drop_speed = lambda r: {k: v for k, v in json.loads(r).items() if k not in train.TIMINGS}
     assert [drop_speed(r) for r in f] == [drop_speed(r) for r in g]
 
 
@@ -246,8 +246,8 @@ def broken_data_dir(tmp_path_factory):
     ('variant', {'sila.variant': 'triple'}, "Unknown sila.variant 'triple'"),
     ('data dir', {'data_dir': '/nonexistent/cifar'}, "'/nonexistent/cifar' is not a directory"),
     ('image', {'data_dir': 'BROKEN'}, r'1 unreadable image\(s\) .*ship/0002.jpg'),
-    ('classes', {'num_classes': 5}, 'num_classes=5 but folder has 3 classes'),
-    ('labels', {'num_classes': 2}, r'num_classes=2 but folder has 3 classes \(labels 0..2\)'),
+    ('classes', {'num_classes': 5}, r"num_classes=5 but split 'train\[:-4\]' has 3 classes"),
+    ('labels', {'num_classes': 2}, r'num_classes=2 but split .* has 3 classes \(labels 0..2\)'),
     ('checkpoint', {}, r"written for another model: model='resnet32'"),
 ])
 def test_user_errors_are_one_line_and_come_before_compiling(

@@ -1,11 +1,10 @@
-"""train_and_evaluate and evaluation end to end: TFDS under mock_data, and the CLIs."""
+"""train_and_evaluate and evaluation end to end, and the CLIs."""
 import json
 import os
 import subprocess
 import sys
 
 import pytest
-import tensorflow_datasets as tfds
 
 from sila_jax import checkpoint
 from sila_jax import evaluate
@@ -13,7 +12,7 @@ from sila_jax import export
 from sila_jax import model as model_lib
 from sila_jax import train
 from sila_jax.errors import DataError
-from tests.test_input_pipeline import make_folder
+from tests.folders import make_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,11 +26,10 @@ def plain_param_count(config):
 
 @pytest.fixture
 def trained(tiny_config, tmp_path):
-  """A 3-step SiLa run (2 Siamese heads, stage attachment) on mock CIFAR-10."""
+  """A 3-step SiLa run (2 Siamese heads, stage attachment) on 40 images of 10 classes."""
   tiny_config.sila.update(num_heads=2, attach='stage2')
   workdir = str(tmp_path / 'run')
-  with tfds.testing.mock_data(num_examples=40):
-    result = train.train_and_evaluate(tiny_config, workdir)
+  result = train.train_and_evaluate(tiny_config, workdir)
   return tiny_config, workdir, result
 
 
@@ -39,8 +37,8 @@ def test_training_logs_checkpoints_and_validates(trained):
   config, workdir, result = trained
   assert result['step'] == 3
   assert {'loss', 'loss_main', 'loss_siamese', 'accuracy', 'learning_rate',
-          'images_per_sec'} <= set(result['train'])
-  assert result['val']['num_examples'] == 40  # Every mock test example, once.
+          'images_per_sec', 'input_wait'} <= set(result['train'])
+  assert result['val']['num_examples'] == 40  # Every validation example, once.
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '3']
   records = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
   assert [r['step'] for r in records if 'loss' in r] == [1, 2, 3]
@@ -48,9 +46,8 @@ def test_training_logs_checkpoints_and_validates(trained):
 
 def test_eval_uses_the_plain_models_parameters(trained):
   config, workdir, result = trained
-  with tfds.testing.mock_data(num_examples=40):
-    evaluated = evaluate.evaluate_workdir(config, workdir)
-  saved = json.load(open(os.path.join(workdir, 'eval_test.json')))
+  evaluated = evaluate.evaluate_workdir(config, workdir)
+  saved = json.load(open(os.path.join(workdir, 'eval_train.json')))
   assert saved == evaluated
   assert saved['num_params'] == plain_param_count(config)
   assert saved['num_examples'] == 40 and saved['step'] == 3
@@ -70,9 +67,8 @@ def test_export_holds_the_plain_model_and_evaluates_like_the_checkpoint(trained,
   assert model_lib.count_params(exported.variables['params']) == plain_param_count(config)
   assert not exported.config.sila.enabled and exported.config.width == config.width
   assert exported.step == 3 and exported.attention_temperature == 1.0
-  with tfds.testing.mock_data(num_examples=40):
-    from_checkpoint = evaluate.evaluate_workdir(config, workdir)
-    from_export = evaluate.evaluate_export(config, export_dir)
+  from_checkpoint = evaluate.evaluate_workdir(config, workdir)
+  from_export = evaluate.evaluate_export(config, export_dir)
   assert from_export == from_checkpoint
 
 
@@ -81,9 +77,8 @@ def test_best_checkpoint_is_kept_besides_the_newest(tiny_config, tmp_path):
                      keep_checkpoints=2)
   tiny_config.optimizer.learning_rate = 0.5  # Validation accuracy moves from step to step.
   workdir = str(tmp_path / 'run')
-  with tfds.testing.mock_data(num_examples=40):
-    train.train_and_evaluate(tiny_config, workdir)
-    best = evaluate.evaluate_workdir(tiny_config, workdir, which=checkpoint.BEST)
+  train.train_and_evaluate(tiny_config, workdir)
+  best = evaluate.evaluate_workdir(tiny_config, workdir, which=checkpoint.BEST)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['5', '6']
   records = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
   accuracies = {r['step']: r['val_accuracy'] for r in records if 'val_accuracy' in r}
@@ -95,8 +90,7 @@ def test_best_checkpoint_is_kept_besides_the_newest(tiny_config, tmp_path):
 def test_rerun_resumes_from_the_latest_checkpoint(trained):
   config, workdir, _ = trained
   config.num_train_steps = 4
-  with tfds.testing.mock_data(num_examples=40):
-    result = train.train_and_evaluate(config, workdir)
+  result = train.train_and_evaluate(config, workdir)
   assert result['step'] == 4
   records = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
   assert [r['step'] for r in records if 'loss' in r] == [1, 2, 3, 4]
@@ -104,19 +98,31 @@ def test_rerun_resumes_from_the_latest_checkpoint(trained):
 
 def test_label_count_must_match_the_dataset(tiny_config, tmp_path):
   tiny_config.num_classes = 100
-  with tfds.testing.mock_data(num_examples=40):
-    with pytest.raises(DataError, match='num_classes=100 but cifar10 has 10'):
-      train.train_and_evaluate(tiny_config, str(tmp_path))
+  with pytest.raises(DataError, match="num_classes=100 but split 'train' has 10 classes"):
+    train.train_and_evaluate(tiny_config, str(tmp_path))
 
 
-def test_command_line_train_rerun_eval_export(tmp_path):
+def without_tensorflow(tmp_path):
+  """An environment in which `import tensorflow` and `import tensorflow_datasets` fail."""
+  for name in ('tensorflow', 'tensorflow_datasets'):
+    os.makedirs(tmp_path / 'blocked' / name)
+    with open(tmp_path / 'blocked' / name / '__init__.py', 'w') as f:
+      f.write(f"raise ImportError('{name} is blocked in this test')\n")
+  return {**os.environ, 'PYTHONPATH': str(tmp_path / 'blocked'),
+          'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+
+
+def test_command_line_train_rerun_eval_export_without_tensorflow(tmp_path):
   data_dir = make_folder(tmp_path / 'data', per_class=6)
   workdir = str(tmp_path / 'run')
   overrides = [f'--config.data_dir={data_dir}', '--config.num_classes=3',
                "--config.train_split=train[:-2]", "--config.eval_split=train[-2:]",
                '--config.width=0.25', '--config.batch_size=8', '--config.eval_batch_size=8',
                '--config.num_train_steps=2', '--config.log_every_steps=1']
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+  env = without_tensorflow(tmp_path)
+  blocked = subprocess.run([sys.executable, '-c', 'import tensorflow_datasets'], env=env,
+                           capture_output=True, text=True)
+  assert 'tensorflow_datasets is blocked' in blocked.stderr
 
   def run(script, *args):
     return subprocess.run([sys.executable, script, '--config=configs/cifar10_folder.py', *args,

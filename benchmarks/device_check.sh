@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# One-command device check, sized for about 6 minutes on one H100 or H200:
+#
+#   bash benchmarks/device_check.sh [--quick] [--out_dir DIR]
+#
+# Runs on the accelerator image (jax with CUDA; no TensorFlow, TFDS or ml_collections; no
+# network) with only what travels with the checkout, in ignored folders:
+#   .device_wheels/   wheels the image lacks:  pip download ml_collections --no-deps -d .device_wheels
+#   .device_data/     the CIFAR-10 JPEGs:      cp ../shared/data/cifar10-train-jpeg.tar.gz .device_data/
+# It records the machine, times the alternative kernel forms (benchmarks.kernels), prints the
+# throughput table (benchmarks.throughput, the cells that fit), and trains plain and SiLa
+# ResNet-20 with configs/cifar10_fast.py, then ResNet-18 if time is left, reporting
+# validation accuracy and wall time. Everything goes to DIR (default
+# results/device/<date>-<device>/) and, when $OUT is set, to $OUT too.
+# --quick runs every step on CPU in about a minute, on generated data (the test suite does).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+quick=0
+out_dir=''
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --quick) quick=1 ;;
+    --out_dir) out_dir="$2"; shift ;;
+    *) echo "device_check.sh: unknown argument '$1' (use --quick, --out_dir DIR)" >&2; exit 2 ;;
+  esac
+  shift
+done
+start=$(date +%s)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+# Wheels the image lacks, installed beside it (nothing on the image is replaced).
+if ! python3 -c 'import ml_collections' 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --target "$work/site" .device_wheels/*.whl
+  export PYTHONPATH="$PYTHONPATH:$work/site"
+fi
+
+device=$(python3 -c 'import jax; print(jax.devices()[0].device_kind)')
+slug=$(echo "$device" | tr 'A-Z ' 'a-z-' | tr -cd 'a-z0-9-')
+out_dir=${out_dir:-results/device/$(date +%Y-%m-%d)-$slug}
+mkdir -p "$out_dir"
+log="$out_dir/log.txt"
+exec > >(tee "$log") 2>&1
+echo "== device check on $device ($(date -u +%FT%TZ)), quick=$quick"
+
+# 1. The machine.
+{
+  python3 -c 'import sys, jax, jaxlib, flax, optax; print("python", sys.version.split()[0]);
+print("jax", jax.__version__, "jaxlib", jaxlib.__version__, "flax", flax.__version__, "optax", optax.__version__);
+print("devices", jax.devices())'
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null || true
+  nproc
+} | tee "$out_dir/env.txt"
+
+# 2. The data: the carried JPEGs, or (quick) a generated tree in the same layout.
+data="$work/cifar10"
+mkdir -p "$data"
+if [[ $quick == 1 ]]; then
+  python3 - "$data" <<'PY'
+import os, sys
+import numpy as np
+from PIL import Image
+rng = np.random.default_rng(0)
+for c in range(10):
+  os.makedirs(os.path.join(sys.argv[1], 'train', f'class_{c}'))
+  for i in range(24):
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), np.uint8)).save(
+        os.path.join(sys.argv[1], 'train', f'class_{c}', f'{i:04d}.jpg'))
+PY
+  split_args=(--config.train_split='train[:-4]' --config.eval_split='train[-4:]')
+else
+  t0=$(date +%s.%N)
+  tar -xzf .device_data/cifar10-train-jpeg.tar.gz -C "$data"
+  echo "unpacked $(find "$data" -name '*.jpg' | wc -l) JPEGs in $(echo "$(date +%s.%N) - $t0" | bc) s"
+  split_args=()
+fi
+python3 -c "
+import time, numpy as np
+from sila_jax import folder_data
+t = time.perf_counter()
+source = folder_data.FolderSource('$data', 'train', 32)
+source.read(np.arange(source.num_examples))
+print(f'decoded {source.num_examples} JPEGs in {time.perf_counter() - t:.1f} s')"
+
+# 3. Kernel forms.
+if [[ $quick == 1 ]]; then kernel_args=(--quick); else kernel_args=(); fi
+python3 -m benchmarks.kernels "${kernel_args[@]}" --out "$out_dir/kernels.jsonl"
+
+# 4. Throughput of the whole training loop.
+if [[ $quick == 1 ]]; then
+  throughput_args=(--quick --methods plain,sila --dtypes bfloat16)
+else
+  throughput_args=(--data_dir "$data" --budget_s 150)
+fi
+python3 -m benchmarks.throughput "${throughput_args[@]}" --out "$out_dir/throughput.jsonl"
+
+# 5. Training with the fast recipe: plain and SiLa ResNet-20, then ResNet-18 if time is left.
+train_run() {  # name, then overrides
+  local name=$1; shift
+  local t0 workdir=$work/$name
+  t0=$(date +%s.%N)
+  python3 train.py --config=configs/cifar10_fast.py --workdir="$workdir" \
+      --config.data_dir="$data" "${split_args[@]}" "$@" 2>"$work/$name.log" \
+      || { tail -20 "$work/$name.log"; return 1; }
+  local wall
+  wall=$(echo "$(date +%s.%N) - $t0" | bc)
+  python3 eval.py --config=configs/cifar10_fast.py --workdir="$workdir" \
+      --config.data_dir="$data" "${split_args[@]}" "$@" 2>>"$work/$name.log" >/dev/null
+  python3 - "$name" "$workdir" "$wall" "$device" "$@" <<'PY' | tee -a "$out_dir/training.jsonl"
+import glob, json, sys
+name, workdir, wall, device, *overrides = sys.argv[1:]
+evaluation = json.load(open(glob.glob(f'{workdir}/eval_*.json')[0]))
+records = [json.loads(line) for line in open(f'{workdir}/metrics.jsonl')]
+train = [r for r in records if 'images_per_sec' in r]
+print(json.dumps({'run': name, 'device': device, 'config': 'configs/cifar10_fast.py',
+                  'overrides': overrides, 'val_accuracy': evaluation['accuracy'],
+                  'val_loss': evaluation['loss'], 'num_examples': evaluation['num_examples'],
+                  'steps': evaluation['step'], 'wall_s': round(float(wall), 1),
+                  'images_per_sec': train[-1]['images_per_sec'],
+                  'best_val_accuracy': max(r['val_accuracy'] for r in records
+                                           if 'val_accuracy' in r)}))
+PY
+}
+if [[ $quick == 1 ]]; then
+  quick_args=(--config.num_train_steps=2 --config.width=0.25 --config.batch_size=16
+              --config.eval_batch_size=8)
+  train_run resnet20_plain "${quick_args[@]}" --config.sila.enabled=False
+  train_run resnet20_sila "${quick_args[@]}"
+else
+  train_run resnet20_plain --config.sila.enabled=False
+  train_run resnet20_sila
+  if (( $(date +%s) - start < 330 )); then
+    train_run resnet18_plain --config.model=resnet18 --config.sila.enabled=False \
+        --config.num_epochs=15 --config.optimizer.learning_rate=0.2
+  else
+    echo "skipped resnet18_plain: $(( $(date +%s) - start )) s spent"
+  fi
+fi
+echo "== device check done in $(( $(date +%s) - start )) s; results in $out_dir"
+if [[ -n "${OUT:-}" ]]; then cp "$out_dir"/* "$OUT"/; fi

@@ -32,10 +32,10 @@ def median_step_seconds(parallel: Any, state: Any, batch: dict[str, np.ndarray],
   return float(np.median(times))
 
 
-def config_step_seconds(config, batch: dict[str, np.ndarray], steps: int,
-                        devices: Sequence[jax.Device]) -> float:
-  """Median time of the project's train step for `config` (one model, or its DML peers)
-  under the shard_map wrapper on `devices`; traced and compiled afresh."""
+def config_parallel(config, devices: Sequence[jax.Device]
+                    ) -> tuple[parallel_lib.ShardMapParallel, train_step_lib.TrainState]:
+  """The project's train step for `config` (one model, or its DML peers) under the shard_map
+  wrapper on `devices`, and its initial state."""
   schedule = optimizer_lib.learning_rate_schedule(config, 1000, 100)
   tx = optimizer_lib.create_optimizer(config, schedule)
   rng, image_shape = jax.random.PRNGKey(0), (32, 32, 3)
@@ -47,5 +47,11 @@ def config_step_seconds(config, batch: dict[str, np.ndarray], steps: int,
     model = model_lib.create_model(config, bn_axis_name=train_step_lib.AXIS)
     state = train_step_lib.create_train_state(model, tx, rng, image_shape)
     step_fn = train_step_lib.make_train_step(model, tx, schedule, config)
-  parallel = parallel_lib.ShardMapParallel(step_fn, devices)
-  return median_step_seconds(parallel, state, batch, steps)
+  return parallel_lib.ShardMapParallel(step_fn, devices), state
+
+
+def config_step_seconds(config, batch: dict[str, np.ndarray], steps: int,
+                        devices: Sequence[jax.Device]) -> float:
+  """Median time of the project's train step for `config` under the shard_map wrapper on
+  `devices`; traced and compiled afresh."""
+  return median_step_seconds(*config_parallel(config, devices), batch, steps)

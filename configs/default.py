@@ -67,6 +67,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.lr_decay_factor = 0.1
 
   # Running.
+  # Compute dtype of convolutions and matmuls: 'float32' | 'bfloat16'. Parameters, optimizer
+  # state, BatchNorm statistics and losses stay float32 either way.
+  config.dtype = 'float32'
+  # How two kernels compute (same values, different speed per backend); 'auto' picks the
+  # backend's measured fastest (model.AUTO_KERNELS, benchmarks/kernels.py).
+  config.kernels = ml_collections.ConfigDict()
+  config.kernels.peer_conv = 'auto'  # Under DML's vmap: 'auto' | 'sliced' | 'grouped'.
+  config.kernels.dynamic_conv = 'auto'  # DynamicConv: 'auto' | 'taps' | 'grouped'.
   config.parallel = 'shard_map'  # 'shard_map' | 'pmap' (one process only).
   # JAX's distributed runtime: 'auto' starts it under srun, on a Cloud TPU VM or with
   # JAX_COORDINATOR_ADDRESS set; 'on' always; 'off' never (one process).

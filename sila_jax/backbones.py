@@ -5,6 +5,11 @@ Every backbone maps images (B, H, W, 3) to `(features, stages)`: pooled features
 Siamese heads may attach to. All take a `width` multiplier on every channel count.
 The ResNets have DY variants (Chen et al. 2020) with every 3x3 conv a DynamicConv; they
 take the attention temperature as `__call__(x, train, temperature)`.
+
+Every backbone computes in `dtype` (images are cast on entry) with float32 parameters and
+BatchNorm statistics, and takes the forms of its convolutions: `peer_conv` (conv.FORMS, how
+a convolution runs under DML's vmap) and, for DY backbones, `dynamic_conv`
+(dynamic_conv.FORMS).
 """
 import functools
 from typing import Any, Callable, Sequence
@@ -20,9 +25,13 @@ ModuleDef = Any
 
 # He-normal over fan-out, as in the reference ResNet implementations.
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
-# Every static convolution: bias-free, He-initialised, one convolution per DML peer under vmap.
-Conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init,
-                         conv_general_dilated=conv.conv_general_dilated)
+
+
+def static_conv(dtype: Any = jnp.float32, peer_conv: str = 'sliced') -> ModuleDef:
+  """Every static convolution: bias-free nn.Conv, He-initialised, computing in `dtype`, run
+  under DML's vmap as conv.FORMS[peer_conv]."""
+  return functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=dtype,
+                           conv_general_dilated=conv.FORMS[peer_conv])
 
 
 def scaled(channels: int, width: float) -> int:
@@ -37,12 +46,22 @@ def batch_norm(train: bool, axis_name: str | None) -> Callable[..., nn.Module]:
       axis_name=axis_name if train else None)
 
 
-def conv3x3(features: int, strides: int, dynamic: bool, num_kernels: int):
-  """A bias-free 3x3 conv as a function of (x, temperature); only a dynamic one uses the latter."""
-  if dynamic:
-    return DynamicConv(features, strides=strides, num_kernels=num_kernels)
-  static = Conv(features, (3, 3), strides, padding=1)
+def conv3x3(features: int, strides: int, conv: ModuleDef, dynamic: ModuleDef | None):
+  """A bias-free 3x3 conv as a function of (x, temperature): a `dynamic` one (a DynamicConv
+  factory) if given, which alone uses the temperature, else a static `conv`."""
+  if dynamic is not None:
+    return dynamic(features, strides=strides)
+  static = conv(features, (3, 3), strides, padding=1)
   return lambda x, temperature: static(x)
+
+
+def resnet_convs(backbone: nn.Module) -> tuple[ModuleDef, ModuleDef | None]:
+  """A ResNet's (static conv factory, DynamicConv factory or None) from its fields."""
+  dynamic = None
+  if backbone.dynamic:
+    dynamic = functools.partial(DynamicConv, num_kernels=backbone.num_kernels,
+                                dtype=backbone.dtype, form=backbone.dynamic_conv)
+  return static_conv(backbone.dtype, backbone.peer_conv), dynamic
 
 
 class BasicBlock(nn.Module):
@@ -50,19 +69,19 @@ class BasicBlock(nn.Module):
 
   When the shape changes, the shortcut is the CIFAR ResNets' parameter-free "option A"
   (subsample, zero-pad channels: keeps ResNet-20 at the published 0.27M) or, with
-  `projection`, a 1x1 conv + BatchNorm as in ImageNet ResNets. With `dynamic`, both 3x3
-  convs are DynamicConvs of `num_kernels` kernels; a projection stays static.
+  `projection`, a 1x1 conv + BatchNorm as in ImageNet ResNets. With a `dynamic` factory,
+  both 3x3 convs are DynamicConvs; a projection stays a static `conv`.
   """
   features: int
   strides: int
   norm: ModuleDef
+  conv: ModuleDef
   projection: bool = False
-  dynamic: bool = False
-  num_kernels: int = 4
+  dynamic: ModuleDef | None = None
 
   @nn.compact
   def __call__(self, x, temperature=1.0):
-    conv = functools.partial(conv3x3, dynamic=self.dynamic, num_kernels=self.num_kernels)
+    conv = functools.partial(conv3x3, conv=self.conv, dynamic=self.dynamic)
     y = conv(self.features, self.strides)(x, temperature)
     y = nn.relu(self.norm()(y))
     y = conv(self.features, 1)(y, temperature)
@@ -70,7 +89,7 @@ class BasicBlock(nn.Module):
     shortcut = x
     if self.strides != 1 or x.shape[-1] != self.features:
       if self.projection:
-        shortcut = Conv(self.features, (1, 1), self.strides)(x)
+        shortcut = self.conv(self.features, (1, 1), self.strides)(x)
         shortcut = self.norm()(shortcut)
       else:
         shortcut = x[:, ::self.strides, ::self.strides, :]
@@ -90,6 +109,9 @@ class CifarResNet(nn.Module):
   bn_axis_name: str | None = None
   dynamic: bool = False
   num_kernels: int = 4
+  dtype: Any = jnp.float32
+  peer_conv: str = 'sliced'
+  dynamic_conv: str = 'taps'
 
   @nn.compact
   def __call__(self, x, train: bool, temperature=1.0):
@@ -97,14 +119,15 @@ class CifarResNet(nn.Module):
       raise ValueError(f'CIFAR ResNet depth must be 6n+2, got {self.depth}.')
     blocks = (self.depth - 2) // 6
     norm = batch_norm(train, self.bn_axis_name)
-    x = conv3x3(scaled(16, self.width), 1, self.dynamic, self.num_kernels)(x, temperature)
+    conv, dynamic = resnet_convs(self)
+    x = conv3x3(scaled(16, self.width), 1, conv, dynamic)(x.astype(self.dtype), temperature)
     x = nn.relu(norm()(x))
     stages = []
     for stage, channels in enumerate((16, 32, 64)):
       for block in range(blocks):
         strides = 2 if stage > 0 and block == 0 else 1
-        x = BasicBlock(scaled(channels, self.width), strides, norm, dynamic=self.dynamic,
-                       num_kernels=self.num_kernels)(x, temperature)
+        x = BasicBlock(scaled(channels, self.width), strides, norm, conv,
+                       dynamic=dynamic)(x, temperature)
       stages.append(x)
     return jnp.mean(x, axis=(1, 2)), tuple(stages)
 
@@ -119,18 +142,22 @@ class ResNet18(nn.Module):
   bn_axis_name: str | None = None
   dynamic: bool = False
   num_kernels: int = 4
+  dtype: Any = jnp.float32
+  peer_conv: str = 'sliced'
+  dynamic_conv: str = 'taps'
 
   @nn.compact
   def __call__(self, x, train: bool, temperature=1.0):
     norm = batch_norm(train, self.bn_axis_name)
-    x = conv3x3(scaled(64, self.width), 1, self.dynamic, self.num_kernels)(x, temperature)
+    conv, dynamic = resnet_convs(self)
+    x = conv3x3(scaled(64, self.width), 1, conv, dynamic)(x.astype(self.dtype), temperature)
     x = nn.relu(norm()(x))
     stages = []
     for stage, blocks in enumerate(self.stage_sizes):
       for block in range(blocks):
         strides = 2 if stage > 0 and block == 0 else 1
-        x = BasicBlock(scaled(64 * 2**stage, self.width), strides, norm, projection=True,
-                       dynamic=self.dynamic, num_kernels=self.num_kernels)(x, temperature)
+        x = BasicBlock(scaled(64 * 2**stage, self.width), strides, norm, conv, projection=True,
+                       dynamic=dynamic)(x, temperature)
       stages.append(x)
     return jnp.mean(x, axis=(1, 2)), tuple(stages)
 
@@ -140,19 +167,20 @@ class WideBlock(nn.Module):
   features: int
   strides: int
   norm: ModuleDef
+  conv: ModuleDef
   dropout_rate: float
   train: bool
 
   @nn.compact
   def __call__(self, x):
     pre = nn.relu(self.norm()(x))
-    y = Conv(self.features, (3, 3), self.strides, padding=1)(pre)
+    y = self.conv(self.features, (3, 3), self.strides, padding=1)(pre)
     y = nn.relu(self.norm()(y))
     y = nn.Dropout(self.dropout_rate, deterministic=not self.train)(y)
-    y = Conv(self.features, (3, 3), padding=1)(y)
+    y = self.conv(self.features, (3, 3), padding=1)(y)
     shortcut = x
     if self.strides != 1 or x.shape[-1] != self.features:
-      shortcut = Conv(self.features, (1, 1), self.strides)(pre)
+      shortcut = self.conv(self.features, (1, 1), self.strides)(pre)
     return y + shortcut
 
 
@@ -163,6 +191,8 @@ class WideResNet(nn.Module):
   width: float = 1.0
   dropout_rate: float = 0.0
   bn_axis_name: str | None = None
+  dtype: Any = jnp.float32
+  peer_conv: str = 'sliced'
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -170,12 +200,13 @@ class WideResNet(nn.Module):
       raise ValueError(f'Wide ResNet depth must be 6n+4, got {self.depth}.')
     blocks = (self.depth - 4) // 6
     norm = batch_norm(train, self.bn_axis_name)
-    x = Conv(scaled(16, self.width), (3, 3), padding=1)(x)
+    conv = static_conv(self.dtype, self.peer_conv)
+    x = conv(scaled(16, self.width), (3, 3), padding=1)(x.astype(self.dtype))
     stages = []
     for stage, channels in enumerate((16, 32, 64)):
       for block in range(blocks):
         strides = 2 if stage > 0 and block == 0 else 1
-        x = WideBlock(scaled(channels * self.widen_factor, self.width), strides, norm,
+        x = WideBlock(scaled(channels * self.widen_factor, self.width), strides, norm, conv,
                       self.dropout_rate, train)(x)
       stages.append(x)
     x = nn.relu(norm()(x))
@@ -199,14 +230,17 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
 
 
 def create_backbone(name: str, *, width: float = 1.0, dropout_rate: float = 0.0,
-                    bn_axis_name: str | None = None, num_kernels: int = 4) -> nn.Module:
-  """Backbone `name` from BACKBONES; dropout applies to Wide ResNets only, `num_kernels` to
-  the DY (dynamic) ResNets only."""
+                    bn_axis_name: str | None = None, num_kernels: int = 4,
+                    dtype: Any = jnp.float32, peer_conv: str = 'sliced',
+                    dynamic_conv: str = 'taps') -> nn.Module:
+  """Backbone `name` from BACKBONES computing in `dtype` with the convolution forms
+  `peer_conv` (conv.FORMS) and `dynamic_conv` (dynamic_conv.FORMS); dropout applies to Wide
+  ResNets only, `num_kernels` and `dynamic_conv` to the DY (dynamic) ResNets only."""
   if name not in BACKBONES:
     raise ValueError(f'Unknown model {name!r}; choose one of {sorted(BACKBONES)}.')
-  kwargs = dict(width=width, bn_axis_name=bn_axis_name)
+  kwargs = dict(width=width, bn_axis_name=bn_axis_name, dtype=dtype, peer_conv=peer_conv)
   if name.startswith('wrn'):
     kwargs['dropout_rate'] = dropout_rate
   if name.startswith('dy_'):
-    kwargs['num_kernels'] = num_kernels
+    kwargs.update(num_kernels=num_kernels, dynamic_conv=dynamic_conv)
   return BACKBONES[name](**kwargs)

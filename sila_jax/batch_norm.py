@@ -3,7 +3,9 @@
 Computes what `flax.linen.BatchNorm` (fast variance) computes for float32 inputs, with the
 same variables ({'scale', 'bias'} params, {'mean', 'var'} batch_stats), but averages the
 statistics over `axis_name` in a fixed order, so training does not depend on how the devices
-are spread over processes.
+are spread over processes. It normalizes in float32 whatever the input's dtype (in bfloat16,
+with 8 bits of mantissa, the variance, a mean square less a squared mean, would be mostly
+rounding), keeps float32 statistics and returns the input's dtype.
 """
 import flax.linen as nn
 import jax.numpy as jnp
@@ -25,7 +27,8 @@ class BatchNorm(nn.Module):
   axis_name: str | None = None
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, inputs):
+    x = inputs.astype(jnp.float32)
     features = x.shape[-1]
     stored_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,), jnp.float32)
     stored_var = self.variable('batch_stats', 'var', jnp.ones, (features,), jnp.float32)
@@ -45,4 +48,4 @@ class BatchNorm(nn.Module):
     bias = self.param('bias', nn.initializers.zeros, (features,), jnp.float32)
     y = x - mean
     y *= lax.rsqrt(var + self.epsilon) * scale
-    return y + bias
+    return (y + bias).astype(inputs.dtype)

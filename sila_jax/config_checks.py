@@ -6,10 +6,13 @@ import ml_collections
 
 from configs import default
 from sila_jax import backbones
+from sila_jax import conv
 from sila_jax import distributed
+from sila_jax import dynamic_conv
 from sila_jax import heads
 from sila_jax import input_pipeline
 from sila_jax import losses
+from sila_jax import model as model_lib
 from sila_jax import optimizer
 from sila_jax import parallel
 from sila_jax.errors import ConfigError
@@ -49,7 +52,9 @@ def _value_problems(config: ml_collections.ConfigDict, num_devices: int,
   choices = {'model': backbones.BACKBONES, 'dataset': input_pipeline.DATASETS,
              'sila.variant': losses.VARIANTS, 'sila.head': heads.HEAD_TYPES,
              'optimizer.schedule': optimizer.SCHEDULES, 'parallel': parallel.KINDS,
-             'distributed': distributed.MODES}
+             'distributed': distributed.MODES, 'dtype': model_lib.DTYPES,
+             'kernels.peer_conv': ('auto', *conv.FORMS),
+             'kernels.dynamic_conv': ('auto', *dynamic_conv.FORMS)}
   for path, allowed in choices.items():
     value = get_field(config, path)
     if value not in allowed:

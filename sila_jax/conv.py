@@ -1,4 +1,4 @@
-"""The backbones' convolution: `lax.conv_general_dilated`, vmapped one slice at a time.
+"""The backbones' convolution under DML's vmap: one per peer slice, or one grouped convolution.
 
 DML peers (sila_jax/peers.py) stack their parameters and apply the model under `jax.vmap`.
 vmap of a convolution whose kernel and input are both batched lowers to one grouped
@@ -8,6 +8,7 @@ convolution (`feature_group_count` = peers), and its kernel gradient to a
 convolution runs once per slice of the mapped axis, forward and backward; everything else
 in the model stays batched. Unbatched, it is exactly `lax.conv_general_dilated`.
 It supports reverse-mode differentiation (what training needs), not forward mode.
+`FORMS` names both forms for `config.kernels.peer_conv` (other backends may prefer 'grouped').
 """
 import functools
 from typing import Callable
@@ -52,3 +53,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   sliced_conv.defvjp(lambda lhs, rhs: (forward(lhs, rhs), (lhs, rhs)),
                      lambda residuals, cotangent: backward(*residuals, cotangent))
   return sliced_conv(lhs, rhs)
+
+
+# config.kernels.peer_conv -> the convolution nn.Conv runs: 'grouped' is plain vmap's lowering.
+FORMS: dict[str, Callable] = {'sliced': conv_general_dilated,
+                              'grouped': lax.conv_general_dilated}

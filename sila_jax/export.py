@@ -27,7 +27,7 @@ VARIABLES = 'variables.msgpack'
 DESCRIPTION = 'model.json'
 # Everything the plain model and its input preparation depend on.
 MODEL_FIELDS = ('model', 'width', 'dropout_rate', 'dynamic.num_kernels', 'num_classes',
-                'image_size', 'normalize_mean', 'normalize_std')
+                'image_size', 'normalize_mean', 'normalize_std', 'dtype')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +80,8 @@ def export(config: ml_collections.ConfigDict, workdir: str, export_dir: str,
 def load_export(export_dir: str) -> Export:
   """Reads an export back and checks the variables against their digest.
 
-  Its config is configs/default.py with the export's model fields and SiLa off.
+  Its config is configs/default.py with the export's model fields and SiLa off; a field an
+  older export lacks (such as `dtype`) keeps its default.
   """
   try:
     with open(os.path.join(export_dir, DESCRIPTION)) as f:

@@ -2,7 +2,8 @@
 
 Parameters read `{'backbone', 'head', 'siamese_heads'}`; with no Siamese heads the model
 is exactly the plain classifier `{'backbone', 'head'}`, which is what evaluation and
-export use (`main_branch`).
+export use (`main_branch`). With `dtype='bfloat16'` convolutions and matmuls compute in
+bfloat16; parameters, BatchNorm statistics and the logits the losses read stay float32.
 """
 from typing import Any
 
@@ -15,6 +16,19 @@ from sila_jax import backbones
 from sila_jax import heads
 
 MAIN_BRANCH = ('backbone', 'head')
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}  # config.dtype -> compute dtype.
+
+# The form each config.kernels field 'auto' takes on a backend (jax.default_backend()):
+# whichever computes forward + backward fastest there, as `python -m benchmarks.kernels`
+# measures. On XLA:CPU the sliced peer convolution (sila_jax/conv.py: 15 ms per peer
+# against 660 ms for the grouped one of two peers) and the taps per-sample convolution
+# (dynamic_conv.per_sample_conv: 76 ms against 13 s). GPU and TPU take CPU's choices until
+# benchmarks/kernels.py has been run there: unmeasured.
+AUTO_KERNELS = {
+    'cpu': {'peer_conv': 'sliced', 'dynamic_conv': 'taps'},
+    'gpu': {'peer_conv': 'sliced', 'dynamic_conv': 'taps'},
+    'tpu': {'peer_conv': 'sliced', 'dynamic_conv': 'taps'},
+}
 
 
 class SilaClassifier(nn.Module):
@@ -25,36 +39,55 @@ class SilaClassifier(nn.Module):
   siamese_head: str = 'twin'
   attach: str = 'features'
   bn_axis_name: str | None = None
+  dtype: Any = jnp.float32
+  peer_conv: str = 'sliced'
 
   @nn.compact
   def __call__(self, images, train: bool, temperature=1.0):
-    """`temperature`: the attention temperature of dynamic convolutions (dy_* backbones)."""
+    """`temperature`: the attention temperature of dynamic convolutions (dy_* backbones).
+
+    Logits are float32 whatever `dtype` the model computes in: the losses' softmax and
+    log-sum-exp need float32's range and precision.
+    """
     if getattr(self.backbone, 'dynamic', False):
       features, stages = self.backbone(images, train=train, temperature=temperature)
     else:
       features, stages = self.backbone(images, train=train)
-    logits = heads.ClassifierHead(self.num_classes, name='head')(features)
+    logits = heads.ClassifierHead(self.num_classes, dtype=self.dtype, name='head')(features)
     if not self.num_siamese_heads:
-      return logits, None
+      return logits.astype(jnp.float32), None
     siamese_logits = heads.SiameseHeads(
         self.num_siamese_heads, self.num_classes, self.siamese_head, self.attach,
-        self.bn_axis_name, name='siamese_heads')(features, stages, train)
-    return logits, siamese_logits
+        self.bn_axis_name, self.dtype, self.peer_conv, name='siamese_heads')(
+            features, stages, train)
+    return logits.astype(jnp.float32), siamese_logits.astype(jnp.float32)
 
 
 def create_model(config: ml_collections.ConfigDict, *, main_branch_only: bool = False,
                  bn_axis_name: str | None = None) -> SilaClassifier:
   """The model `config` describes; `main_branch_only` drops the Siamese heads (test time)."""
   num_heads = config.sila.num_heads if config.sila.enabled else 0
+  dtype, forms = DTYPES[config.dtype], kernel_forms(config.kernels)
   return SilaClassifier(
       backbone=backbones.create_backbone(
           config.model, width=config.width, dropout_rate=config.dropout_rate,
-          bn_axis_name=bn_axis_name, num_kernels=config.dynamic.num_kernels),
+          bn_axis_name=bn_axis_name, num_kernels=config.dynamic.num_kernels, dtype=dtype,
+          **forms),
       num_classes=config.num_classes,
       num_siamese_heads=0 if main_branch_only else num_heads,
       siamese_head=config.sila.head,
       attach=config.sila.attach,
-      bn_axis_name=bn_axis_name)
+      bn_axis_name=bn_axis_name,
+      dtype=dtype,
+      peer_conv=forms['peer_conv'])
+
+
+def kernel_forms(kernels: ml_collections.ConfigDict,
+                 backend: str | None = None) -> dict[str, str]:
+  """config.kernels with 'auto' resolved by AUTO_KERNELS for `backend` (default: JAX's);
+  {'peer_conv': a conv.FORMS key, 'dynamic_conv': a dynamic_conv.FORMS key}."""
+  auto = AUTO_KERNELS.get(backend or jax.default_backend(), AUTO_KERNELS['cpu'])
+  return {name: auto[name] if form == 'auto' else form for name, form in kernels.items()}
 
 
 def is_dynamic(model: str) -> bool:

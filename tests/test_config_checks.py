@@ -46,6 +46,11 @@ def test_unknown_field_found_elsewhere_in_the_tree(tiny_config):
     ('dml.models', ('resnet32', 'wrn16_4'),
      'dml.models names 2 models but dml.num_peers is 1; give one model per peer'),
     ('dml.models', ('resnet32', 'resnet33'), "Unknown model 'resnet33' in dml.models"),
+    ('dtype', 'float16', r"^Unknown dtype 'float16'; choose one of float32, bfloat16\.$"),
+    ('kernels.peer_conv', 'vmap',
+     r"^Unknown kernels.peer_conv 'vmap'; choose one of auto, sliced, grouped\.$"),
+    ('kernels.dynamic_conv', 'sliced',
+     r"^Unknown kernels.dynamic_conv 'sliced'; choose one of auto, taps, grouped\.$"),
 ])
 def test_invalid_values_are_named(tiny_config, path, value, message):
   *parents, leaf = path.split('.')

@@ -1,4 +1,4 @@
-"""The backbones' convolution: lax.conv_general_dilated, vmapped one slice at a time."""
+"""The backbones' convolution under vmap: one per slice, or grouped, equal to one per peer."""
 import chex
 import jax
 import jax.numpy as jnp
@@ -18,27 +18,49 @@ def reference(images, kernels):
                     for k in range(len(kernels))])
 
 
-def sliced(images, kernels):
-  image_axis = None if images.ndim == 4 else 0
-  return jax.vmap(lambda x, w: conv.conv_general_dilated(x, w, **SETTINGS),
-                  in_axes=(image_axis, 0))(images, kernels)
+def vmapped(form):
+  """The convolution of `form` (conv.FORMS) vmapped over peers' kernels (and images)."""
+  def peers_conv(images, kernels):
+    image_axis = None if images.ndim == 4 else 0
+    return jax.vmap(lambda x, w: conv.FORMS[form](x, w, **SETTINGS),
+                    in_axes=(image_axis, 0))(images, kernels)
+  return peers_conv
+
+
+sliced = vmapped('sliced')
+
+
+def peer_inputs(shared_images):
+  keys = jax.random.split(jax.random.PRNGKey(0), 2)
+  images = jax.random.normal(keys[0], (4, 8, 8, 3) if shared_images else (2, 4, 8, 8, 3))
+  return images, jax.random.normal(keys[1], (2, 3, 3, 3, 5))
+
+
+def sin_loss(f):
+  return lambda x, w: jnp.sum(jnp.sin(f(x, w)))
 
 
 @pytest.mark.parametrize('shared_images', [True, False])
 def test_vmap_equals_one_convolution_per_peer_values_and_gradients(shared_images):
-  keys = jax.random.split(jax.random.PRNGKey(0), 2)
-  images = jax.random.normal(keys[0], (4, 8, 8, 3) if shared_images else (2, 4, 8, 8, 3))
-  kernels = jax.random.normal(keys[1], (2, 3, 3, 3, 5))
+  images, kernels = peer_inputs(shared_images)
   out = sliced(images, kernels)
   chex.assert_shape(out, (2, 4, 4, 4, 5))
   chex.assert_trees_all_equal(out, reference(images, kernels))
-
-  def loss(f):
-    return lambda x, w: jnp.sum(jnp.sin(f(x, w)))
   # With shared images, their gradient sums the peers' contributions.
-  chex.assert_trees_all_close(jax.grad(loss(sliced), argnums=(0, 1))(images, kernels),
-                              jax.grad(loss(reference), argnums=(0, 1))(images, kernels),
+  chex.assert_trees_all_close(jax.grad(sin_loss(sliced), argnums=(0, 1))(images, kernels),
+                              jax.grad(sin_loss(reference), argnums=(0, 1))(images, kernels),
                               rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize('shared_images', [True, False])
+def test_grouped_form_equals_sliced_values_and_gradients(shared_images):
+  images, kernels = peer_inputs(shared_images)
+  grouped = vmapped('grouped')
+  chex.assert_trees_all_close(grouped(images, kernels), sliced(images, kernels),
+                              rtol=1e-5, atol=1e-5)
+  chex.assert_trees_all_close(jax.grad(sin_loss(grouped), argnums=(0, 1))(images, kernels),
+                              jax.grad(sin_loss(sliced), argnums=(0, 1))(images, kernels),
+                              rtol=1e-5, atol=1e-5)
 
 
 def test_unbatched_it_is_lax_conv_general_dilated():

@@ -113,6 +113,23 @@ def test_gradients_match_the_per_sample_loop():
                               jax.grad(loop, (0, 1))(x, kernels), atol=1e-4)
 
 
+@pytest.mark.parametrize('strides', [1, 2])
+def test_grouped_form_equals_taps_values_and_gradients(strides):
+  x = images(batch=3, size=7)
+  params = init(dynamic_conv.DynamicConv(C_OUT, strides=strides), x)
+
+  def values_and_gradients(form):
+    """The layer's output, and the gradients of a loss on it: kernel, attention and x."""
+    layer = dynamic_conv.DynamicConv(C_OUT, strides=strides, form=form)
+
+    def apply(params, x):
+      return layer.apply({'params': params}, x, 0.5)
+    grad = jax.grad(lambda params, x: jnp.sum(jnp.sin(apply(params, x))), (0, 1))
+    return jax.jit(lambda params, x: (apply(params, x), grad(params, x)))(params, x)
+  chex.assert_trees_all_close(values_and_gradients('grouped'), values_and_gradients('taps'),
+                              rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize('strides, size, out_size', [(1, 32, 32), (2, 32, 16), (2, 7, 4)])
 def test_output_shapes(strides, size, out_size):
   x = images(batch=2, size=size)

@@ -42,7 +42,7 @@ FIRST = [('resnet18', 'plain', 'device', 'bfloat16'), ('resnet20', 'plain', 'dev
 def cell_config(model, method, input_kind, dtype, args, data_dir, split):
   """The run of one cell: `--steps`-step log intervals, no validation, one device."""
   config = default.get_config()
-  config.update(dataset='folder', data_dir=data_dir, train_split=split, eval_split=split,
+  config.update(dataset='folder', data_dir=data_dir, train_split=split, eval_split='train[:1]',
                 model=model, width=args.width, dtype=dtype, on_device=input_kind == 'device',
                 batch_size=args.batch_size, eval_batch_size=args.batch_size,
                 num_train_steps=3 * args.steps, log_every_steps=args.steps, eval_every_steps=0,

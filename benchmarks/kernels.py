@@ -9,8 +9,9 @@ ResNet-20 train step. kernels.dynamic_conv ('taps', 'grouped'): a DynamicConv (3
 (its compile time is reported apart), then run twice to warm up; the time is the median of
 the timed runs. A layer's run is jax.grad of the sum of its output; a train step is SGD
 under the shard_map wrapper on one device, SiLa off. The fastest form on a backend is
-what 'auto' should pick there (model.AUTO_KERNELS). --quick: batch 8, 3 runs (grouped
-forms on CPU take seconds a run at batch 128). --out FILE: one JSON object per cell.
+what 'auto' should pick there (model.AUTO_KERNELS). --quick: the layers only, batch 4,
+3 runs (a smoke test: on CPU a train step compiles for 10-30 s, and a grouped form runs for
+seconds at batch 128). --out FILE: one JSON object per cell.
 """
 import argparse
 import json
@@ -99,16 +100,19 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--batch_size', type=int, default=128)
   parser.add_argument('--repeats', type=int, default=10, help='timed runs after 2 warm-up ones')
-  parser.add_argument('--quick', action='store_true', help='batch 8, 3 timed runs')
+  parser.add_argument('--quick', action='store_true',
+                      help='layers only, batch 4, 3 timed runs')
   parser.add_argument('--out', help='write one JSON object per cell to this file')
   args = parser.parse_args(argv)
-  batch_size, repeats = (8, 3) if args.quick else (args.batch_size, args.repeats)
+  batch_size, repeats = (4, 3) if args.quick else (args.batch_size, args.repeats)
   device = jax.devices()[0]
   print(f'{jax.default_backend()} ({device.device_kind}), batch {batch_size}, forward + '
         f'backward, median of {repeats} runs')
   print(f'{"kernel":<13} {"form":<8} {"shape":<31} {"compile s":>9} {"ms":>9}')
   records = []
   for (kernel, what), (forms, shape, timer) in CELLS.items():
+    if args.quick and what == 'train_step':
+      continue
     for form in forms:
       compile_seconds, seconds = timer(form, batch_size, repeats)
       records.append(dict(backend=jax.default_backend(), device_kind=device.device_kind,

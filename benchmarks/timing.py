@@ -1,6 +1,6 @@
 """Shared by the benchmarks: random CIFAR-shaped batches and the median time of a train step."""
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import numpy as np

@@ -32,7 +32,11 @@ AUTO_KERNELS = {
 
 
 class SilaClassifier(nn.Module):
-  """images (B, H, W, 3) -> (main logits (B, C), Siamese logits (K, B, C) or None)."""
+  """images (B, H, W, 3) -> (main logits (B, C), Siamese logits (K, B, C) or None).
+
+  The heads compute in `dtype` like the backbone, and stage adapters' convolutions run as
+  conv.FORMS[peer_conv] under DML's vmap.
+  """
   backbone: nn.Module
   num_classes: int
   num_siamese_heads: int = 0
@@ -84,8 +88,9 @@ def create_model(config: ml_collections.ConfigDict, *, main_branch_only: bool = 
 
 def kernel_forms(kernels: ml_collections.ConfigDict,
                  backend: str | None = None) -> dict[str, str]:
-  """config.kernels with 'auto' resolved by AUTO_KERNELS for `backend` (default: JAX's);
-  {'peer_conv': a conv.FORMS key, 'dynamic_conv': a dynamic_conv.FORMS key}."""
+  """config.kernels with 'auto' resolved by AUTO_KERNELS for `backend` (default: JAX's; one
+  not listed takes CPU's): {'peer_conv': a conv.FORMS key, 'dynamic_conv': a
+  dynamic_conv.FORMS key}."""
   auto = AUTO_KERNELS.get(backend or jax.default_backend(), AUTO_KERNELS['cpu'])
   return {name: auto[name] if form == 'auto' else form for name, form in kernels.items()}
 

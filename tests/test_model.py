@@ -73,3 +73,15 @@ def test_attach_beyond_last_stage_is_rejected(tiny_config):
   tiny_config.sila.attach = 'stage4'
   with pytest.raises(ValueError, match='3 stages'):
     init(tiny_config)
+
+
+def test_kernel_forms_resolve_auto_per_backend_and_reach_the_model(tiny_config):
+  for backend in ('cpu', 'gpu', 'tpu'):
+    assert model_lib.kernel_forms(tiny_config.kernels, backend) == model_lib.AUTO_KERNELS[backend]
+  tiny_config.model = 'dy_resnet20'
+  tiny_config.kernels.update(peer_conv='grouped', dynamic_conv='grouped')
+  assert model_lib.kernel_forms(tiny_config.kernels, 'cpu') == {'peer_conv': 'grouped',
+                                                                'dynamic_conv': 'grouped'}
+  model = model_lib.create_model(tiny_config)
+  assert (model.peer_conv, model.backbone.peer_conv, model.backbone.dynamic_conv) == (
+      'grouped', 'grouped', 'grouped')

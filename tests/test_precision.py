@@ -95,15 +95,20 @@ def test_batch_norm_normalizes_bfloat16_in_float32():
   chex.assert_trees_all_equal(y, ref.astype(jnp.bfloat16))
 
 
-def test_export_without_dtype_loads_as_float32(tmp_path):
-  """Exports written before `dtype` was a model field rebuild a float32 model."""
+@pytest.mark.parametrize('dtype', [None, 'bfloat16'])
+def test_export_rebuilds_its_model_in_its_dtype_and_older_ones_in_float32(tmp_path, dtype):
+  """Exports written before `dtype` was a model field (None) rebuild a float32 model."""
   payload = flax.serialization.msgpack_serialize({'params': {}, 'batch_stats': {}})
   (tmp_path / export.VARIABLES).write_bytes(payload)
   fields = {'model': 'resnet20', 'width': 1.0, 'dropout_rate': 0.0, 'dynamic.num_kernels': 4,
             'num_classes': 10, 'image_size': 32, 'normalize_mean': [0.5] * 3,
             'normalize_std': [0.25] * 3}
   assert set(fields) == set(export.MODEL_FIELDS) - {'dtype'}
+  if dtype:
+    fields['dtype'] = dtype
   (tmp_path / export.DESCRIPTION).write_text(json.dumps(
       {'model': fields, 'step': 3, 'attention_temperature': 1.0,
        'sha256': hashlib.sha256(payload).hexdigest()}))
-  assert export.load_export(str(tmp_path)).config.dtype == 'float32'
+  config = export.load_export(str(tmp_path)).config
+  assert config.dtype == (dtype or 'float32')
+  assert model_lib.create_model(config).dtype == model_lib.DTYPES[dtype or 'float32']

@@ -22,11 +22,16 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}  # config.dtype -> c
 # whichever computes forward + backward fastest there, as `python -m benchmarks.kernels`
 # measures. On XLA:CPU the sliced peer convolution (sila_jax/conv.py: 15 ms per peer
 # against 660 ms for the grouped one of two peers) and the taps per-sample convolution
-# (dynamic_conv.per_sample_conv: 76 ms against 13 s). GPU and TPU take CPU's choices until
-# benchmarks/kernels.py has been run there: unmeasured.
+# (dynamic_conv.per_sample_conv: 76 ms against 13 s). On an H200 (batch 512;
+# results/device/2026-11-27-nvidia-h200/) the grouped per-sample convolution: the float32
+# DY-ResNet-20 train step takes 11.4 against 23.0 ms (kernels.jsonl). The peer convolution
+# stays sliced there: grouped, two float32 ResNet-20 peers are 5 % faster (11.8 against
+# 12.4 ms), but two bfloat16 ResNet-18 peers take 19.2 ms a step in the training loop, 2.8
+# times one ResNet-18's 6.8 ms (throughput_2.jsonl, measured with grouped).
+# TPU is unmeasured and takes CPU's choices.
 AUTO_KERNELS = {
     'cpu': {'peer_conv': 'sliced', 'dynamic_conv': 'taps'},
-    'gpu': {'peer_conv': 'sliced', 'dynamic_conv': 'taps'},
+    'gpu': {'peer_conv': 'sliced', 'dynamic_conv': 'grouped'},
     'tpu': {'peer_conv': 'sliced', 'dynamic_conv': 'taps'},
 }
 

@@ -26,6 +26,7 @@ while [[ $# -gt 0 ]]; do
   shift
 done
 start=$(date +%s)
+stage() { echo "== [$(( $(date +%s) - start )) s] $*"; }
 seconds_since() { python3 -c 'import sys, time; print(f"{time.time() - float(sys.argv[1]):.1f}")' "$1"; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -46,6 +47,7 @@ exec > >(tee "$log") 2>&1
 echo "== device check on $device ($(date -u +%FT%TZ)), quick=$quick"
 
 # 1. The machine.
+stage 'machine'
 {
   python3 -c 'import sys, jax, jaxlib, flax, optax; print("python", sys.version.split()[0]);
 print("jax", jax.__version__, "jaxlib", jaxlib.__version__, "flax", flax.__version__, "optax", optax.__version__);
@@ -55,6 +57,7 @@ print("devices", jax.devices())'
 } | tee "$out_dir/env.txt"
 
 # 2. The data: the carried JPEGs, or (quick) a generated tree in the same layout.
+stage 'data'
 data="$work/cifar10"
 mkdir -p "$data"
 if [[ $quick == 1 ]]; then
@@ -85,6 +88,7 @@ source.read(np.arange(source.num_examples))
 print(f'decoded {source.num_examples} JPEGs in {time.perf_counter() - t:.1f} s')"
 
 # 3. Throughput of the whole training loop.
+stage 'throughput'
 if [[ $quick == 1 ]]; then
   throughput_args=(--quick --methods plain,sila --dtypes bfloat16)
 else
@@ -119,6 +123,7 @@ print(json.dumps({'run': name, 'device': device, 'config': 'configs/cifar10_fast
                                            if 'val_accuracy' in r)}))
 PY
 }
+stage 'training ResNet-20, plain and SiLa'
 if [[ $quick == 1 ]]; then
   quick_args=(--config.num_train_steps=2 --config.width=0.25 --config.batch_size=16
               --config.eval_batch_size=8)
@@ -130,11 +135,13 @@ else
 fi
 
 # 5. Kernel forms (benchmarks.kernels), at the throughput table's batch size.
+stage 'kernel forms'
 if [[ $quick == 1 ]]; then kernel_args=(--quick); else kernel_args=(--batch_size 512); fi
 python3 -m benchmarks.kernels "${kernel_args[@]}" --out "$out_dir/kernels.jsonl"
 
 # 6. ResNet-18 with the fast recipe, if time is left.
 if [[ $quick == 0 ]]; then
+  stage 'training ResNet-18'
   if (( $(date +%s) - start < 330 )); then
     train_run resnet18_plain --config.model=resnet18 --config.sila.enabled=False \
         --config.num_epochs=15 --config.optimizer.learning_rate=0.2
@@ -142,4 +149,5 @@ if [[ $quick == 0 ]]; then
     echo "skipped resnet18_plain: $(( $(date +%s) - start )) s spent"
   fi
 fi
-echo "== device check done in $(( $(date +%s) - start )) s; results in $out_dir"
+python3 -m benchmarks.device_report "$out_dir" >/dev/null
+echo "== device check done in $(( $(date +%s) - start )) s; results in $out_dir (summary.md)"

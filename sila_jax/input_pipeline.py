@@ -78,8 +78,8 @@ def load_train_shards(config: ml_collections.ConfigDict,
   local = device_shards(devices)
   indices = np.concatenate([np.arange(i, size * len(devices), len(devices)) for i in local])
   examples = _read(source, indices, config.num_classes, config.train_split)
-  return [Examples(examples.images[k * size:(k + 1) * size], examples.labels[k * size:(k + 1) * size])
-          for k in range(len(local))], size
+  return [Examples(images, labels) for images, labels in zip(
+      np.split(examples.images, len(local)), np.split(examples.labels, len(local)))], size
 
 
 def load_eval_shard(config: ml_collections.ConfigDict, split: str,

@@ -42,7 +42,8 @@ class TfdsSource:
 
 
 def open_split(dataset: str, data_dir: str, split: str) -> TfdsSource:
-  """`split` of TFDS dataset `dataset` ('cifar10' | 'cifar100'), prepared in data_dir ('' = TFDS default).
+  """`split` of TFDS dataset `dataset` ('cifar10' | 'cifar100'), prepared in data_dir ('':
+  TFDS's default).
 
   Downloads and prepares the dataset first if data_dir does not hold it yet. `split` is
   any TFDS split ('train', 'test', 'train[:45000]', ...).

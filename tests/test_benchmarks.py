@@ -1,17 +1,43 @@
-"""benchmarks.kernels runs every form of each selectable kernel and writes its JSON lines."""
+"""The device check's --quick run on CPU: every stage runs and writes what it should."""
 import json
+import os
+import subprocess
 
-from benchmarks import kernels
 from sila_jax import conv
 from sila_jax import dynamic_conv
+from tests.test_faults import ROOT
 
 
-def test_kernels_quick_writes_every_form(tmp_path):
-  out = tmp_path / 'kernels.jsonl'
-  kernels.main(['--quick', '--out', str(out)])
-  records = [json.loads(line) for line in out.read_text().splitlines()]
-  assert {(r['kernel'], r['form']) for r in records} == (
+def read(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_device_check_quick_runs_every_stage(tmp_path):
+  env = {**os.environ, 'XLA_FLAGS': ''}  # One CPU device, like one GPU.
+  env.pop('OUT', None)
+  process = subprocess.run(['bash', 'benchmarks/device_check.sh', '--quick', '--out_dir',
+                            str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=900)
+  assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+  assert 'devices [CpuDevice(id=0)]' in (tmp_path / 'env.txt').read_text()
+
+  kernels = read(tmp_path / 'kernels.jsonl')
+  assert {(r['kernel'], r['form']) for r in kernels} == (
       {('peer_conv', form) for form in conv.FORMS}
       | {('dynamic_conv', form) for form in dynamic_conv.FORMS})
-  for record in records:
-    assert record['backend'] == 'cpu' and record['ms'] > 0 and record['compile_s'] > 0
+  assert all(r['backend'] == 'cpu' and r['ms'] > 0 for r in kernels)
+
+  cells = read(tmp_path / 'throughput.jsonl')
+  assert {(r['method'], r['input']) for r in cells} == {
+      (method, kind) for method in ('plain', 'sila') for kind in ('device', 'host')}
+  for cell in cells:
+    assert cell['images_per_sec'] > 0 and cell['compile_s'] > 0
+    assert (cell['input_wait_fraction'] < 1e-3) == (cell['input'] == 'device')
+
+  runs = {r['run']: r for r in read(tmp_path / 'training.jsonl')}
+  assert set(runs) == {'resnet20_plain', 'resnet20_sila'}
+  for run in runs.values():
+    assert run['steps'] == 2 and run['num_examples'] == 40 and 0 <= run['val_accuracy'] <= 1
+  summary = (tmp_path / 'summary.md').read_text()
+  assert '## Throughput of the training loop' in summary and 'resnet20_sila' in summary

@@ -202,7 +202,7 @@ def test_one_peer_is_single_training_bit_for_bit(tiny_config, tmp_path):
 
 @pytest.fixture
 def dml_run(dml_config, tmp_path):
-  """A 3-step SiLa + DML run of two peers with independent augmentation, on 40 images of 10 classes."""
+  """A 3-step SiLa + DML run of two peers with independent augmentation, on 40 images."""
   dml_config.dml.independent_augment = True
   workdir = str(tmp_path / 'run')
   result = train.train_and_evaluate(dml_config, workdir)

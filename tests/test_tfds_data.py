@@ -25,7 +25,10 @@ PER_FILE = 3  # Images per batch file: 15 train and 3 test images.
 
 
 def write_cifar10_archive(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  """Writes cifar-10-binary.tar.gz at `path`; returns {split: (images (n, 32, 32, 3), labels (n,))}."""
+  """Writes cifar-10-binary.tar.gz at `path`.
+
+  Returns {split: (images (n, 32, 32, 3), labels (n,))}.
+  """
   rng = np.random.default_rng(0)
   written = {'train': ([], []), 'test': ([], [])}
   with tarfile.open(path, 'w:gz') as tar:
@@ -134,7 +137,8 @@ BROKEN = "raise ImportError('tensorflow is broken in this test')\n"
 
 
 def run_without_tensorflow(how: str, script: str, tmp_path, *args: str) -> None:
-  """Runs `script` in a fresh python whose `import tensorflow` fails, `how` = 'absent' | 'broken'."""
+  """Runs `script` in a fresh python whose `import tensorflow` fails; `how`: 'absent' |
+  'broken'."""
   env = dict(os.environ)
   if how == 'absent':
     script = ABSENT + script

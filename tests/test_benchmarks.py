@@ -34,9 +34,8 @@ def test_device_check_quick_runs_every_stage(tmp_path):
     assert cell['images_per_sec'] > 0 and cell['compile_s'] > 0
     assert (cell['input_wait_fraction'] < 1e-3) == (cell['input'] == 'device')
 
-  runs = {r['run']: r for r in read(tmp_path / 'training.jsonl')}
-  assert set(runs) == {'resnet20_plain', 'resnet20_sila'}
-  for run in runs.values():
-    assert run['steps'] == 2 and run['num_examples'] == 40 and 0 <= run['val_accuracy'] <= 1
+  [run] = read(tmp_path / 'training.jsonl')
+  assert run['run'] == 'resnet20_sila' and run['steps'] == 2 and run['num_examples'] == 40
+  assert 0 <= run['val_accuracy'] <= 1
   summary = (tmp_path / 'summary.md').read_text()
   assert '## Throughput of the training loop' in summary and 'resnet20_sila' in summary

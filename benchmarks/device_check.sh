@@ -80,7 +80,7 @@ print(f'decoded {source.num_examples} JPEGs in {time.perf_counter() - t:.1f} s')
 # 3. Throughput of the whole training loop.
 stage 'throughput'
 if [[ $quick == 1 ]]; then
-  throughput_args=(--quick --methods sila --dtypes bfloat16)
+  throughput_args=(--quick --methods sila --inputs host --dtypes bfloat16)  # Training runs on the device path.
 else
   throughput_args=(--data_dir "$data" --budget_s 150)
 fi

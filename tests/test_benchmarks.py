@@ -28,11 +28,9 @@ def test_device_check_quick_runs_every_stage(tmp_path):
       | {('dynamic_conv', form) for form in dynamic_conv.FORMS})
   assert all(r['backend'] == 'cpu' and r['ms'] > 0 for r in kernels)
 
-  cells = read(tmp_path / 'throughput.jsonl')
-  assert {(r['method'], r['input']) for r in cells} == {('sila', 'device'), ('sila', 'host')}
-  for cell in cells:
-    assert cell['images_per_sec'] > 0 and cell['compile_s'] > 0
-    assert (cell['input_wait_fraction'] < 1e-3) == (cell['input'] == 'device')
+  [cell] = read(tmp_path / 'throughput.jsonl')  # The host-input loop; training used the device.
+  assert (cell['method'], cell['input'], cell['dtype']) == ('sila', 'host', 'bfloat16')
+  assert cell['images_per_sec'] > 0 and cell['compile_s'] > 0 and cell['input_wait_fraction'] > 0
 
   [run] = read(tmp_path / 'training.jsonl')
   assert run['run'] == 'resnet20_sila' and run['steps'] == 2 and run['num_examples'] == 40

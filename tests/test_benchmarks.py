@@ -2,6 +2,7 @@
 import json
 import os
 import subprocess
+import sys
 
 from sila_jax import conv
 from sila_jax import dynamic_conv
@@ -14,7 +15,9 @@ def read(path):
 
 
 def test_device_check_quick_runs_every_stage(tmp_path):
-  env = {**os.environ, 'XLA_FLAGS': ''}  # One CPU device, like one GPU.
+  # One CPU device, like one GPU; the script's python3 is this test's Python.
+  env = {**os.environ, 'XLA_FLAGS': '',
+         'PATH': os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH']}
   env.pop('OUT', None)
   process = subprocess.run(['bash', 'benchmarks/device_check.sh', '--quick', '--out_dir',
                             str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True,

@@ -154,32 +154,38 @@ def augment(images: jax.Array, positions: jax.Array, seed, config: ml_collection
   return normalize(augmented[0] if views == 1 else jnp.stack(augmented, axis=1), config)
 
 
-def device_input_step(step_fn: Callable, config: ml_collections.ConfigDict, axis_name: str,
-                      shard_size: int, batch_size: int, views: int = 1) -> Callable:
-  """(state, shard) -> step_fn(state, batch), the batch drawn on the device from its shard.
-
-  shard: {'image': uint8 (s, H, W, 3), 'label': (s,)}, this device's training shard; the
-  batch (b = batch_size examples) is the one of step `state.step`, seed config.seed + the
-  device's position on `axis_name`.
-  """
-  def step(state, shard):
-    seed = config.seed + jax.lax.axis_index(axis_name)
-    order = functools.partial(epoch_order, shard_size=shard_size)
-    positions, indices = positions_and_indices(state.step, seed, shard_size, batch_size, order)
-    batch = {'image': augment(shard['image'][indices], positions, seed, config, views),
-             'label': shard['label'][indices]}
-    return step_fn(state, batch)
-  return step
-
-
 def host_input_step(step_fn: Callable, config: ml_collections.ConfigDict, axis_name: str,
                     views: int = 1) -> Callable:
-  """(state, raw batch) -> step_fn(state, batch): augments a batch from `host_batches`."""
+  """(state, raw batch) -> step_fn(state, batch): augments a batch from `host_batches`.
+
+  raw: {'image': uint8 (b, H, W, 3), 'label': (b,), 'position': (b,)}, this device's block;
+  its seed is config.seed + the device's position on `axis_name`.
+  """
   def step(state, raw):
     seed = config.seed + jax.lax.axis_index(axis_name)
     batch = {'image': augment(raw['image'], raw['position'], seed, config, views),
              'label': raw['label']}
     return step_fn(state, batch)
+  return step
+
+
+def device_input_step(step_fn: Callable, config: ml_collections.ConfigDict, axis_name: str,
+                      shard_size: int, batch_size: int, views: int = 1) -> Callable:
+  """(state, shard) -> step_fn(state, batch), the batch drawn on the device from its shard.
+
+  shard: {'image': uint8 (s, H, W, 3), 'label': (s,)}, this device's training shard; the
+  batch (b = batch_size examples) is the one of step `state.step`, gathered here and then
+  augmented by `host_input_step`'s code, so both paths give the same batches.
+  """
+  augmented_step = host_input_step(step_fn, config, axis_name, views)
+  order = functools.partial(epoch_order, shard_size=shard_size)
+
+  def step(state, shard):
+    seed = config.seed + jax.lax.axis_index(axis_name)
+    positions, indices = positions_and_indices(state.step, seed, shard_size, batch_size, order)
+    raw = {'image': shard['image'][indices], 'label': shard['label'][indices],
+           'position': positions}
+    return augmented_step(state, raw)
   return step
 
 

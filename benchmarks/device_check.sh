@@ -3,11 +3,9 @@
 #
 #   bash benchmarks/device_check.sh [--quick] [--out_dir DIR]
 #
-# Runs on the accelerator image (jax with CUDA; no TensorFlow, TFDS or ml_collections; no
-# network) with only what travels with the checkout, in ignored folders:
-#   .device_wheels/   wheels the image lacks:  pip download ml_collections --no-deps -d .device_wheels
-#   .device_data/     the CIFAR-10 JPEGs:      cp ../shared/data/cifar10-train-jpeg.tar.gz .device_data/
-# It records the machine, prints the throughput table (benchmarks.throughput, the cells that
+# Runs on the accelerator image with only what travels with the checkout (ignored folders
+# .device_wheels/ and .device_data/; benchmarks/device_env.sh says how to fill them). It
+# records the machine, prints the throughput table (benchmarks.throughput, the cells that
 # fit in 150 s), trains plain and SiLa ResNet-20 with configs/cifar10_fast.py (validation
 # accuracy and wall time), times the alternative kernel forms (benchmarks.kernels), then
 # trains ResNet-18 if time is left. Everything goes to DIR: by default $OUT when set (the
@@ -27,19 +25,9 @@ while [[ $# -gt 0 ]]; do
 done
 start=$(date +%s)
 stage() { echo "== [$(( $(date +%s) - start )) s] $*"; }
-seconds_since() { python3 -c 'import sys, time; print(f"{time.time() - float(sys.argv[1]):.1f}")' "$1"; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-
-# Wheels the image lacks, installed beside it (nothing on the image is replaced).
-if ! python3 -c 'import ml_collections' 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --target "$work/site" .device_wheels/*.whl
-  export PYTHONPATH="$PYTHONPATH:$work/site"
-fi
-
-device=$(python3 -c 'import jax; print(jax.devices()[0].device_kind)')
-slug=$(echo "$device" | tr 'A-Z ' 'a-z-' | tr -cd 'a-z0-9-')
+source benchmarks/device_env.sh
 out_dir=${out_dir:-${OUT:-results/device/$(date +%Y-%m-%d)-$slug}}
 mkdir -p "$out_dir"
 log="$out_dir/log.txt"
@@ -58,15 +46,10 @@ print("devices", jax.devices())'
 
 # 2. The data: the carried JPEGs, or (quick) a generated tree in the same layout.
 stage 'data'
-data="$work/cifar10"
-mkdir -p "$data"
+unpack_data
 if [[ $quick == 1 ]]; then
-  python3 -c "from benchmarks import throughput; throughput.random_folder('$data', 24)"
   split_args=(--config.train_split='train[:-4]' --config.eval_split='train[-4:]')
 else
-  t0=$(date +%s.%N)
-  tar -xzf .device_data/cifar10-train-jpeg.tar.gz -C "$data"
-  echo "unpacked $(find "$data" -name '*.jpg' | wc -l) JPEGs in $(seconds_since "$t0") s"
   split_args=()
 fi
 python3 -c "

@@ -15,6 +15,7 @@ from configs import default
 from sila_jax import model as model_lib
 from sila_jax import optimizer as optimizer_lib
 from sila_jax import parallel as parallel_lib
+from sila_jax import runs
 from sila_jax import train_step as train_step_lib
 
 
@@ -28,19 +29,21 @@ def measure(name: str, batch_size: int, steps: int, width: float) -> dict[str, f
   tx = optimizer_lib.create_optimizer(config, schedule)
   tau = (optimizer_lib.attention_temperature_schedule(config, 100)
          if model_lib.is_dynamic(name) else None)
-  state = train_step_lib.create_train_state(model, tx, jax.random.PRNGKey(0), (32, 32, 3))
+  state = runs.init(lambda key: train_step_lib.create_train_state(model, tx, key, (32, 32, 3)),
+                    config)
   batch = timing.random_batch(batch_size)
 
   # XLA's count includes DynamicConv's multiplications by padding zeros and its per-tap adds,
   # which it leaves out for a static conv: mixing the kernels alone adds about 3% to ResNet-20.
   plain = model_lib.create_model(config)
-  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  variables = runs.take({'params': state.params, 'batch_stats': state.batch_stats}, 0)
   forward = jax.jit(lambda variables, images: plain.apply(variables, images, train=False))
   flops = forward.lower(variables, batch['image']).compile().cost_analysis()['flops']
 
   parallel = parallel_lib.ShardMapParallel(
-      train_step_lib.make_train_step(model, tx, schedule, config, tau), jax.devices()[:1])
-  return dict(params=model_lib.count_params(state.params), flops=flops,
+      runs.vmap_step(train_step_lib.make_train_step(model, tx, schedule, config, tau), config,
+                     batch_axis=None), jax.devices()[:1])
+  return dict(params=model_lib.count_params(variables['params']), flops=flops,
               images_per_s=batch_size / timing.median_step_seconds(parallel, state, batch, steps))
 
 

@@ -58,9 +58,10 @@ def measure(config, workdir) -> dict[str, float]:
   with open(os.path.join(workdir, train.METRICS)) as f:
     records = [r for r in map(json.loads, f) if 'images_per_sec' in r]
   steady = records[1:]
-  images_per_sec = float(np.mean([r['images_per_sec'] for r in steady]))
-  step_seconds = config.batch_size / images_per_sec
-  first_interval = config.log_every_steps * config.batch_size / records[0]['images_per_sec']
+  images_per_sec = float(np.mean([r['images_per_sec'] for r in steady]))  # Of every run.
+  step_seconds = config.batch_size * config.num_runs / images_per_sec
+  first_interval = (config.log_every_steps * config.batch_size * config.num_runs
+                    / records[0]['images_per_sec'])
   return {'images_per_sec': images_per_sec, 'step_ms': 1e3 * step_seconds,
           'input_wait_fraction': float(np.mean([r['input_wait'] for r in steady])),
           'compile_s': first_interval - config.log_every_steps * step_seconds}

@@ -9,6 +9,7 @@ from sila_jax import model as model_lib
 from sila_jax import optimizer as optimizer_lib
 from sila_jax import parallel as parallel_lib
 from sila_jax import peers
+from sila_jax import runs
 from sila_jax import train_step as train_step_lib
 
 
@@ -38,16 +39,17 @@ def config_parallel(config, devices: Sequence[jax.Device]
   wrapper on `devices`, and its initial state."""
   schedule = optimizer_lib.learning_rate_schedule(config, 1000, 100)
   tx = optimizer_lib.create_optimizer(config, schedule)
-  rng, image_shape = jax.random.PRNGKey(0), (32, 32, 3)
+  image_shape = (32, 32, 3)
   if peers.is_dml(config):
     groups = peers.create_groups(config, bn_axis_name=train_step_lib.AXIS)
-    state = train_step_lib.create_peer_train_state(groups, tx, rng, image_shape)
+    create = lambda key: train_step_lib.create_peer_train_state(groups, tx, key, image_shape)
     step_fn = train_step_lib.make_peer_train_step(groups, tx, schedule, config)
   else:
     model = model_lib.create_model(config, bn_axis_name=train_step_lib.AXIS)
-    state = train_step_lib.create_train_state(model, tx, rng, image_shape)
+    create = lambda key: train_step_lib.create_train_state(model, tx, key, image_shape)
     step_fn = train_step_lib.make_train_step(model, tx, schedule, config)
-  return parallel_lib.ShardMapParallel(step_fn, devices), state
+  every_run = runs.vmap_step(step_fn, config, batch_axis=None)  # As training runs it.
+  return parallel_lib.ShardMapParallel(every_run, devices), runs.init(create, config)
 
 
 def config_step_seconds(config, batch: dict[str, np.ndarray], steps: int,

@@ -41,6 +41,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.sila.kl_weight = 0.0  # beta; 0 turns head-to-head consistency off.
   config.sila.temperature = 1.0  # T of the consistency term.
   config.label_smoothing = 0.0  # Applies to every cross-entropy term alike.
+  # Multiplies the whole training loss, not the weight decay: with SGD and momentum, scale s
+  # is learning rate x s and weight decay / s. The ablation's step-size control: plain
+  # training at 1 + sila.weight gets the (1 + lambda)-fold backbone gradient twin SiLa gives.
+  config.loss_scale = 1.0
 
   # Deep Mutual Learning (SILA.md "SiLa + DML"): num_peers > 1 trains that many peers
   # together, each with its own optimizer state (and Siamese heads when sila.enabled); each
@@ -51,6 +55,19 @@ def get_config() -> ml_collections.ConfigDict:
   config.dml.temperature = 1.0
   config.dml.weight = 1.0
   config.dml.independent_augment = False  # Each peer its own augmentation of the same images.
+
+  # Many runs as one computation (sila_jax/runs.py): num_runs R trains R independent runs
+  # together, stacked along a leading run axis. Run r uses seed + r; each field of `runs`,
+  # when not (), lists one value per run of the config field it names (sila_weight ->
+  # sila.weight), so arms that differ only in these share one computation.
+  config.num_runs = 1
+  config.runs = ml_collections.ConfigDict()
+  config.runs.seed = ()
+  config.runs.sila_weight = ()
+  config.runs.sila_kl_weight = ()
+  config.runs.dml_weight = ()
+  config.runs.label_smoothing = ()
+  config.runs.loss_scale = ()
 
   # Optimisation.
   config.batch_size = 128  # Global, over all devices.

@@ -25,6 +25,7 @@ from configs import default
 from sila_jax import distributed
 from sila_jax import model as model_lib
 from sila_jax import peers
+from sila_jax import runs
 from sila_jax.config_checks import get_field
 from sila_jax.errors import CheckpointError
 
@@ -33,7 +34,7 @@ DIRECTORIES = {LATEST: 'checkpoints', BEST: 'best'}  # Under the workdir.
 CORRUPT = 'corrupt_checkpoints'  # Where training moves checkpoints it cannot read.
 # Fields that fix the shapes of the main branch, and of everything training restores.
 MAIN_BRANCH_FIELDS = ('model', 'width', 'num_classes', 'dynamic.num_kernels', 'dml.num_peers',
-                      'dml.models')
+                      'dml.models', 'num_runs')
 TRAINING_FIELDS = MAIN_BRANCH_FIELDS + ('sila.enabled', 'sila.num_heads', 'sila.head',
                                         'sila.attach')
 
@@ -180,7 +181,8 @@ def restore_main_branch(workdir: str, config: ml_collections.ConfigDict,
 
   Returns:
     (meta, variables): meta has 'step' and 'attention_temperature'; variables are ready for
-    the plain model's `apply` (DML: every peer's, for peers.apply with main-branch groups).
+    the plain model's `apply` (DML: every peer's, for peers.apply with main-branch groups),
+    with the leading run axis (sila_jax/runs.py).
   Raises:
     CheckpointError: no checkpoint, a corrupt one, or one written for another model.
   """
@@ -190,6 +192,7 @@ def restore_main_branch(workdir: str, config: ml_collections.ConfigDict,
   else:
     abstract = model_lib.abstract_variables(
         model_lib.create_model(config, main_branch_only=True), config.image_size)
+  abstract = runs.stack_abstract(abstract, config.num_runs)
   target = flax.serialization.to_state_dict(abstract)
   with contextlib.closing(create_manager(workdir, which)) as manager:
     step = manager.latest_step()

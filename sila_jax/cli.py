@@ -14,10 +14,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError) as e:
-    sys.exit(f'{argv[0]}: {_unknown_override(argv) or e}')
+    sys.exit(f'{argv[0]}: {unknown_override(argv) or e}')
 
 
-def _unknown_override(argv: list[str]) -> str | None:
+def unknown_override(argv: list[str]) -> str | None:
   """A message for the first --config.<field> override that names no known field."""
   known = config_checks.known_fields()
   for arg in argv[1:]:

@@ -15,6 +15,7 @@ from sila_jax import losses
 from sila_jax import model as model_lib
 from sila_jax import optimizer
 from sila_jax import parallel
+from sila_jax import runs
 from sila_jax.errors import ConfigError
 
 
@@ -74,7 +75,8 @@ def _value_problems(config: ml_collections.ConfigDict, num_devices: int,
   positive = ('batch_size', 'eval_batch_size', 'num_classes', 'image_size', 'width',
               'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
               'optimizer.learning_rate', 'sila.num_heads', 'sila.temperature',
-              'dynamic.num_kernels', 'dynamic.tau_start', 'dml.num_peers', 'dml.temperature')
+              'dynamic.num_kernels', 'dynamic.tau_start', 'dml.num_peers', 'dml.temperature',
+              'num_runs', 'loss_scale')
   for path in positive:
     if not get_field(config, path) > 0:
       yield f'{path} must be positive, got {get_field(config, path)}.'
@@ -98,12 +100,29 @@ def _value_problems(config: ml_collections.ConfigDict, num_devices: int,
            "parallel='shard_map'.")
 
 
+def _run_problems(config: ml_collections.ConfigDict) -> Iterator[str]:
+  """What is wrong with the per-run lists of config.runs (sila_jax/runs.py)."""
+  for name, path in runs.FIELDS.items():
+    given = tuple(config.runs[name])
+    if given and len(given) != config.num_runs:
+      yield (f'runs.{name} lists {len(given)} values but num_runs is {config.num_runs}; give '
+             f'one {path} per run, or () for {path} in every run.')
+    kind = int if name == 'seed' else (int, float)
+    if any(isinstance(v, bool) or not isinstance(v, kind) for v in given):
+      yield f'runs.{name} must list numbers{" (integers)" if kind is int else ""}, got {given}.'
+
+
 def check_config(config: ml_collections.ConfigDict, num_devices: int,
                  num_processes: int = 1) -> None:
-  """Raises ConfigError naming every unknown field and invalid value of `config`."""
+  """Raises ConfigError naming every unknown field and invalid value of `config` (of each
+  run's config, where config.runs gives runs their own values)."""
   known = known_fields()
   problems = [unknown_field_message(p, known) for p in field_paths(config) if p not in known]
   if not problems:
-    problems = list(_value_problems(config, num_devices, num_processes))
+    problems = list(_run_problems(config)) if config.num_runs > 0 else []
+  if not problems:
+    per_run = [runs.run_config(config, r) for r in range(config.num_runs)] or [config]
+    problems = list(dict.fromkeys(problem for run_config in per_run for problem in
+                                  _value_problems(run_config, num_devices, num_processes)))
   if problems:
     raise ConfigError(' '.join(problems))

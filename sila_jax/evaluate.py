@@ -1,4 +1,8 @@
-"""Evaluation of the main branch only: {backbone, head} and their BatchNorm statistics."""
+"""Evaluation of the main branch only: {backbone, head} and their BatchNorm statistics.
+
+Variables carry the leading run axis of sila_jax/runs.py (an export is one run of one);
+every run is evaluated and reported, and the means over runs lead the results.
+"""
 import json
 import os
 import re
@@ -18,6 +22,7 @@ from sila_jax import input_pipeline
 from sila_jax import model as model_lib
 from sila_jax import parallel
 from sila_jax import peers
+from sila_jax import runs
 from sila_jax.train_step import AXIS
 
 
@@ -80,8 +85,9 @@ class EvalBatches:
 
 def evaluate(eval_step, variables: dict[str, Any], batches: Iterable[dict[str, Any]],
              mesh: Mesh, temperature: float = 1.0) -> dict[str, float]:
-  """Means over `batches` (global arrays split over `mesh`) of eval_step's sums, and the
-  example count: 'correct' sums become accuracies ('peer_0/correct' -> 'peer_0/accuracy')."""
+  """Means over `batches` (global arrays split over `mesh`) of eval_step's per-run sums (R,),
+  and the example count: 'correct' sums become accuracies ('peer_0/correct' ->
+  'peer_0/accuracy'), summarised over runs by `runs.summarize`."""
   variables = jax.device_put(variables, NamedSharding(mesh, P()))
   totals = None
   for batch in batches:
@@ -90,10 +96,10 @@ def evaluate(eval_step, variables: dict[str, Any], batches: Iterable[dict[str, A
   if totals is None:
     raise ValueError('The evaluation split is empty.')
   totals = jax.device_get(totals)
-  count = int(totals.pop('count'))
-  means = {name.replace('correct', 'accuracy'): float(total) / count
+  count = int(totals.pop('count')[0])
+  means = {name.replace('correct', 'accuracy'): np.asarray(total) / count
            for name, total in totals.items()}
-  return {**means, 'num_examples': count}
+  return {**runs.summarize(means), 'num_examples': count}
 
 
 def split_filename(split: str, prefix: str = 'eval') -> str:
@@ -103,21 +109,24 @@ def split_filename(split: str, prefix: str = 'eval') -> str:
 
 def make_main_branch_eval_step(config: ml_collections.ConfigDict):
   """The eval step of `config`'s deployable model(s), the plain model or every DML peer's,
-  on uint8 images normalised as `config` says."""
+  of every run (variables (R, ...), sums (R,)), on uint8 images normalised as `config` says."""
   if peers.is_dml(config):
     eval_step = make_peer_eval_step(peers.create_groups(config, main_branch_only=True))
   else:
     eval_step = make_eval_step(model_lib.create_model(config, main_branch_only=True))
+  every_run = jax.vmap(eval_step, in_axes=(0, None, None))
 
   @jax.jit
   def on_uint8_images(variables, batch, temperature):
     batch = {**batch, 'image': input_pipeline.normalize(batch['image'], config)}
-    return eval_step(variables, batch, temperature)
+    return every_run(variables, batch, temperature)
   return on_uint8_images
 
 
 def deployable_params(config: ml_collections.ConfigDict, variables: dict[str, Any]) -> int:
-  """Parameters of the model that ships: the main branch (of peer 0 in a DML run)."""
+  """Parameters of the model that ships: the main branch of run 0 (of its peer 0 in a DML
+  run); `variables` carry the run axis."""
+  variables = runs.take(variables, 0)
   if peers.is_dml(config):
     variables = peers.peer_variables(config, peers.main_branch(variables), 0)
   return model_lib.count_params(model_lib.main_branch(variables)['params'])
@@ -149,7 +158,8 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, split: str
   <workdir>/eval_<split>.json (best: best_<split>.json) with accuracy, loss,
   num_examples, num_params and step. A DML run adds peer_<i>/accuracy, peer_<i>/loss and
   ensemble/accuracy, ensemble/loss; accuracy and loss are peer 0's, num_params one peer's.
-  `split` defaults to config.eval_split.
+  Several runs add run_<r>/<metric> for each, and accuracy and loss (their means over runs)
+  gain accuracy_std and loss_std. `split` defaults to config.eval_split.
   """
   config_checks.check_config(config, jax.device_count())
   split = split or config.eval_split
@@ -174,8 +184,9 @@ def evaluate_export(config: ml_collections.ConfigDict, export_dir: str,
   data_config = peers.peer_config(config, 0)  # The data, prepared as the model expects.
   data_config.update_from_flattened_dict(
       {field: config_checks.get_field(exported.config, field) for field in export_lib.MODEL_FIELDS})
+  one_run = jax.tree_util.tree_map(lambda x: x[None], exported.variables)
   result = evaluate_variables(data_config, make_main_branch_eval_step(exported.config),
-                              exported.variables, split, exported.attention_temperature)
+                              one_run, split, exported.attention_temperature)
   result['step'] = exported.step
   _write(result, os.path.join(export_dir, split_filename(split)))
   return result

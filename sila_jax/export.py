@@ -21,6 +21,7 @@ from sila_jax import checkpoint
 from sila_jax import config_checks
 from sila_jax import model as model_lib
 from sila_jax import peers
+from sila_jax import runs
 from sila_jax.errors import CheckpointError, ConfigError
 
 VARIABLES = 'variables.msgpack'
@@ -40,26 +41,31 @@ class Export:
 
 
 def export(config: ml_collections.ConfigDict, workdir: str, export_dir: str,
-           which: str = checkpoint.LATEST, peer: int = 0) -> dict[str, Any]:
+           which: str = checkpoint.LATEST, peer: int = 0, run: int = 0) -> dict[str, Any]:
   """Writes the main branch of `workdir`'s latest (or best) checkpoint to `export_dir`.
 
-  A DML run exports one peer, `peer`, alone: the plain model of that peer. The directory
-  appears complete or not at all. Returns the description written.
+  One model ships alone: run `run` of a multi-run computation, peer `peer` of a DML run.
+  The directory appears complete or not at all. Returns the description written.
   """
   config_checks.check_config(config, jax.device_count())
   num_peers = len(peers.peer_models(config))
   if not 0 <= peer < num_peers:
     raise ConfigError(f'peer={peer}, but the run has {num_peers} peer(s): 0..{num_peers - 1}.')
+  if not 0 <= run < config.num_runs:
+    raise ConfigError(f'run={run}, but the workdir trained {config.num_runs} run(s): '
+                      f'0..{config.num_runs - 1}.')
   meta, variables = checkpoint.restore_main_branch(workdir, config, which)
+  variables = runs.take(variables, run)
   if num_peers > 1:
     variables = peers.peer_variables(config, variables, peer)
-  peer_config = peers.peer_config(config, peer)
+  peer_config = peers.peer_config(runs.run_config(config, run), peer)
   payload = flax.serialization.msgpack_serialize(variables)
   description = {
       'model': {field: config_checks.get_field(peer_config, field) for field in MODEL_FIELDS},
       'step': meta['step'], 'attention_temperature': meta['attention_temperature'],
       'checkpoint': os.path.join(os.path.abspath(workdir), checkpoint.DIRECTORIES[which]),
       'peer': peer,
+      'run': run,
       'num_params': model_lib.count_params(variables['params']),
       'sha256': hashlib.sha256(payload).hexdigest()}
   if jax.process_index() > 0:  # Every process read the same checkpoint; process 0 writes.

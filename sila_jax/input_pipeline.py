@@ -1,10 +1,11 @@
 """Input: decoded splits as uint8 arrays; batches drawn and augmented inside the train step.
 
 Training reads one even shard of the split per device (strided: shard i of D holds examples
-i, i + D, ...), each streamed with the seed `config.seed + i`. The n-th example of a shard's
+i, i + D, ...), each streamed by run r (sila_jax/runs.py) with the seed `seed_r + i`. The n-th example of a shard's
 stream is example `order_e[n mod s]` of the shard (s its size, e = n // s its epoch, order_e
 a permutation drawn from (seed, e)), cropped and flipped with a key drawn from (seed, n). A
 step's batch is a pure function of (seed, shard, step): resuming needs nothing but the step.
+Every run of a multi-run computation draws its own batches from the same shards.
 
 With `config.on_device` the shards stay on their devices and the step draws its own batch
 (`device_input_step`); otherwise the host gathers each step's uint8 batch from host memory
@@ -156,22 +157,24 @@ def augment(images: jax.Array, positions: jax.Array, seed, config: ml_collection
 
 def host_input_step(step_fn: Callable, config: ml_collections.ConfigDict, axis_name: str,
                     views: int = 1) -> Callable:
-  """(state, raw batch) -> step_fn(state, batch): augments a batch from `host_batches`.
+  """(state, raw batch, run) -> step_fn(state, batch, run): augments one run's block of a
+  batch from `host_batches`.
 
   raw: {'image': uint8 (b, H, W, 3), 'label': (b,), 'position': (b,)}, this device's block;
-  its seed is config.seed + the device's position on `axis_name`.
+  its seed is run['seed'] + the device's position on `axis_name`.
   """
-  def step(state, raw):
-    seed = config.seed + jax.lax.axis_index(axis_name)
+  def step(state, raw, run):
+    seed = run['seed'] + jax.lax.axis_index(axis_name)
     batch = {'image': augment(raw['image'], raw['position'], seed, config, views),
              'label': raw['label']}
-    return step_fn(state, batch)
+    return step_fn(state, batch, run)
   return step
 
 
 def device_input_step(step_fn: Callable, config: ml_collections.ConfigDict, axis_name: str,
                       shard_size: int, batch_size: int, views: int = 1) -> Callable:
-  """(state, shard) -> step_fn(state, batch), the batch drawn on the device from its shard.
+  """(state, shard, run) -> step_fn(state, batch, run), the run's batch drawn on the device
+  from its shard.
 
   shard: {'image': uint8 (s, H, W, 3), 'label': (s,)}, this device's training shard; the
   batch (b = batch_size examples) is the one of step `state.step`, gathered here and then
@@ -180,28 +183,28 @@ def device_input_step(step_fn: Callable, config: ml_collections.ConfigDict, axis
   augmented_step = host_input_step(step_fn, config, axis_name, views)
   order = functools.partial(epoch_order, shard_size=shard_size)
 
-  def step(state, shard):
-    seed = config.seed + jax.lax.axis_index(axis_name)
+  def step(state, shard, run):
+    seed = run['seed'] + jax.lax.axis_index(axis_name)
     positions, indices = positions_and_indices(state.step, seed, shard_size, batch_size, order)
     raw = {'image': shard['image'][indices], 'label': shard['label'][indices],
            'position': positions}
-    return augmented_step(state, raw)
+    return augmented_step(state, raw, run)
   return step
 
 
-def host_batches(shards: Sequence[Examples], shard_ids: Sequence[int],
-                 config: ml_collections.ConfigDict, batch_size: int,
-                 start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-  """This process's blocks of every step's batch from `start_step` on, gathered on the host.
+def host_batches(shards: Sequence[Examples], shard_ids: Sequence[int], seeds: Sequence[int],
+                 batch_size: int, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  """This process's blocks of every step's batch from `start_step` on, gathered on the host,
+  for R runs of seeds `seeds`.
 
   `shard_ids` are the shards' mesh positions (`device_shards`). Yields {'image': uint8
-  (k * b, H, W, 3), 'label': (k * b,), 'position': (k * b,)}: the k shards' blocks one after
-  another, b = batch_size, drawn exactly as `device_input_step` draws them.
+  (k * b, R, H, W, 3), 'label': (k * b, R), 'position': (k * b, R)}: the k shards' blocks
+  one after another, b = batch_size, run r's drawn exactly as `device_input_step` draws them.
   """
   size = len(shards[0].labels)
   order_on_cpu = jax.jit(epoch_order, static_argnums=2)
 
-  @functools.lru_cache(maxsize=4 * len(shards))
+  @functools.lru_cache(maxsize=4 * len(shards) * len(seeds))
   def order(seed, epoch):  # Computed once per shard and epoch, on the host.
     with jax.default_device(jax.devices('cpu')[0]):
       return np.asarray(order_on_cpu(seed, epoch, size))
@@ -209,8 +212,11 @@ def host_batches(shards: Sequence[Examples], shard_ids: Sequence[int],
   for step in itertools.count(start_step):
     blocks = []
     for shard, shard_id in zip(shards, shard_ids):
-      positions, indices = positions_and_indices(step, config.seed + shard_id, size, batch_size,
-                                                 order, xp=np)
-      blocks.append({'image': shard.images[indices], 'label': shard.labels[indices],
+      runs = []
+      for seed in seeds:
+        positions, indices = positions_and_indices(step, int(seed) + shard_id, size, batch_size,
+                                                   order, xp=np)
+        runs.append({'image': shard.images[indices], 'label': shard.labels[indices],
                      'position': positions})
+      blocks.append({key: np.stack([r[key] for r in runs], axis=1) for key in runs[0]})
     yield {key: np.concatenate([b[key] for b in blocks]) for key in blocks[0]}

@@ -24,6 +24,7 @@ from sila_jax import model as model_lib
 from sila_jax import optimizer as optimizer_lib
 from sila_jax import parallel as parallel_lib
 from sila_jax import peers
+from sila_jax import runs
 from sila_jax import train_step as train_step_lib
 from sila_jax.errors import DataError, NonFiniteLossError
 
@@ -92,9 +93,11 @@ def _check_finite(pending: list[tuple[int, Any]], state: Any) -> None:
   or if `state`'s parameters or BatchNorm statistics are not finite."""
   losses = jax.device_get([metrics['loss'] for _, metrics in pending])
   for (step, _), loss in zip(pending, losses):
-    if not np.isfinite(loss):
-      raise NonFiniteLossError(f'Loss is {float(loss)} at step {step}; stopping. The last '
-                               'checkpoint, written before it, is intact.')
+    bad = np.flatnonzero(~np.isfinite(loss))  # loss: (R,), one per run.
+    if bad.size:
+      where = f' in run {bad[0]}' if len(loss) > 1 else ''
+      raise NonFiniteLossError(f'Loss is {float(loss[bad[0]])} at step {step}{where}; stopping. '
+                               'The last checkpoint, written before it, is intact.')
   if not _all_finite((state.params, state.batch_stats)):
     raise NonFiniteLossError(f'Parameters are not finite after step {int(state.step)}; '
                              'stopping. The last checkpoint, written before it, is intact.')
@@ -151,7 +154,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     main_branch = model_lib.main_branch
 
   def initial_state():  # Also traced abstractly, so that a bad checkpoint compiles nothing.
-    return create_state(jax.random.PRNGKey(config.seed), image_shape)
+    return runs.init(lambda key: create_state(key, image_shape), config)
 
   # Closing the managers waits for checkpoints being written, whatever stops the run.
   with contextlib.closing(checkpoint.create_manager(workdir, checkpoint.LATEST,
@@ -173,21 +176,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                    epoch, index, shard_size)
     _drop_metrics_after(workdir, start_step)
     best_accuracy = checkpoint.best_accuracy(best_manager)
-    logging.info('Parameters: %d in training, %d at test time.',
-                 model_lib.count_params(state.params),
+    logging.info('Parameters per run: %d in training, %d at test time; %d run(s).',
+                 model_lib.count_params(runs.take(state.params, 0)),
                  evaluate_lib.deployable_params(
-                     config, {'params': state.params, 'batch_stats': state.batch_stats}))
+                     config, {'params': state.params, 'batch_stats': state.batch_stats}),
+                 config.num_runs)
 
-    # Parallel update step, drawing its batch from the device-resident shards or taking the
-    # one the host gathered. DML peers share each augmented batch unless
-    # dml.independent_augment gives each a view.
+    # Parallel update step of every run, each drawing its batch from the device-resident
+    # shards or taking the one the host gathered. DML peers share each augmented batch
+    # unless dml.independent_augment gives each a view.
     num_views = config.dml.num_peers if dml and config.dml.independent_augment else 1
     if config.on_device:
       input_step = input_pipeline.device_input_step(step_fn, config, train_step_lib.AXIS,
                                                     shard_size, device_batch, num_views)
     else:
       input_step = input_pipeline.host_input_step(step_fn, config, train_step_lib.AXIS, num_views)
-    parallel = parallel_lib.create_parallel(config.parallel, input_step, devices)
+    every_run = runs.vmap_step(input_step, config, batch_axis=None if config.on_device else 1)
+    parallel = parallel_lib.create_parallel(config.parallel, every_run, devices)
     device_state = parallel.put_state(state)
     if config.on_device:
       resident = parallel.put_batch({'image': np.concatenate([s.images for s in train_shards]),
@@ -195,7 +200,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       batches = itertools.repeat(resident)
     else:
       batches = map(parallel.put_batch, input_pipeline.host_batches(
-          train_shards, shard_ids, config, device_batch, start_step))
+          train_shards, shard_ids, runs.settings(config)['seed'], device_batch, start_step))
 
     # Evaluator: the plain model (every peer's), main-branch variables only.
     eval_step = evaluate_lib.make_main_branch_eval_step(config)
@@ -232,14 +237,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if step % config.log_every_steps == 0 or step == num_train_steps or preempted:
         _check_finite(pending, parallel.unreplicate(device_state))
         fetched = jax.device_get([m for _, m in pending])
-        train_metrics = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+        train_metrics = runs.summarize({k: np.mean([m[k] for m in fetched], axis=0)
+                                        for k in fetched[0]})
         elapsed, tick = time.perf_counter() - tick, time.perf_counter()
-        train_metrics['images_per_sec'] = timed_steps * config.batch_size / elapsed
+        # Every run's images: what the machine trains per second.
+        train_metrics['images_per_sec'] = (timed_steps * config.batch_size * config.num_runs
+                                           / elapsed)
         # The share of the loop's time spent getting batches: 0 with data on the devices.
         train_metrics['input_wait'] = input_seconds / elapsed
         pending, timed_steps, input_seconds = [], 0, 0.0
-        logging.info('step %d  %s', step,
-                     '  '.join(f'{k} {v:.4g}' for k, v in train_metrics.items()))
+        logging.info('step %d  %s', step, '  '.join(  # Each run's figures: metrics.jsonl.
+            f'{k} {v:.4g}' for k, v in train_metrics.items() if not k.startswith('run_')))
         _write_metrics(workdir, {'step': step, **train_metrics})
 
       if step % config.checkpoint_every_steps == 0 or step == num_train_steps or preempted:

@@ -1,5 +1,10 @@
-"""The per-device train step, run under a `data` axis by both wrappers: one model's
-(`train_step`), or K DML peers' (`peer_train_step`)."""
+"""The per-device train step of one run, run under a `data` axis by both wrappers (and
+under runs.vmap_step's vmap over runs): one model's (`train_step`), or K DML peers'
+(`peer_train_step`).
+
+`run` holds the run's numeric settings (runs.FIELDS: 'seed', 'sila_weight',
+'sila_kl_weight', 'dml_weight', 'label_smoothing', 'loss_scale'), scalars that may be traced.
+"""
 import functools
 from typing import Any, Callable
 
@@ -53,7 +58,8 @@ def _dropout_rng(state: TrainState) -> jax.Array:
   return jax.random.fold_in(jax.random.fold_in(state.rng, state.step), jax.lax.axis_index(AXIS))
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: SilaClassifier,
+def train_step(state: TrainState, batch: dict[str, jax.Array], run: dict[str, jax.Array], *,
+               model: SilaClassifier,
                tx: optax.GradientTransformation, loss_fn: Callable, schedule: optax.Schedule,
                temperature_schedule: optax.Schedule | None = None
                ) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -62,7 +68,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: SilaCla
   Args:
     batch: {'image': (b, H, W, 3) float32, 'label': (b,) int32}, b = per-device batch.
     model: built with `bn_axis_name=AXIS` so BatchNorm statistics span all devices.
-    loss_fn: (logits (b, C), siamese logits (K, b, C) | None, labels (b,)) -> (loss, metrics).
+    loss_fn: (logits (b, C), siamese logits (K, b, C) | None, labels (b,), run) ->
+      (loss, metrics); the gradient is that of run['loss_scale'] * loss.
     temperature_schedule: step -> attention temperature, for dynamic-convolution models; it
       is computed here from the step, so a resumed run continues the annealing exactly.
   Returns:
@@ -77,9 +84,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: SilaCla
     (logits, siamese_logits), updates = model.apply(
         {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
         mutable=['batch_stats'], rngs={'dropout': dropout_rng}, **extra)
-    loss, metrics = loss_fn(logits, siamese_logits, batch['label'])
+    loss, metrics = loss_fn(logits, siamese_logits, batch['label'], run)
     metrics['accuracy'] = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
-    return loss, (metrics, updates['batch_stats'])
+    return run['loss_scale'] * loss, (metrics, updates['batch_stats'])
 
   grads, (metrics, batch_stats) = jax.grad(loss_and_aux, has_aux=True)(state.params)
   grads, metrics = collectives.device_mean((grads, metrics), AXIS)
@@ -92,14 +99,14 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: SilaCla
   return new_state, metrics
 
 
-def peer_train_step(state: TrainState, batch: dict[str, jax.Array], *,
-                    groups: tuple[peers.Group, ...], tx: optax.GradientTransformation,
-                    loss_fn: Callable, mimicry_weight: float, mimicry_temperature: float,
+def peer_train_step(state: TrainState, batch: dict[str, jax.Array], run: dict[str, jax.Array],
+                    *, groups: tuple[peers.Group, ...], tx: optax.GradientTransformation,
+                    loss_fn: Callable, mimicry_temperature: float,
                     schedule: optax.Schedule, temperature_schedule: optax.Schedule | None = None
                     ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One SGD step of K DML peers on this device's share of the batch, inside a `data` axis.
 
-  Peer i minimises its own loss_fn loss plus mimicry_weight times its mimicry term
+  Peer i minimises its own loss_fn loss plus run['dml_weight'] times its mimicry term
   (losses.mimicry_loss). The stop-gradient in that term makes the sum of the peers'
   objectives have, for each peer, the gradient of its own objective, so one gradient of
   the sum updates every peer. Each peer's optimizer state updates under vmap.
@@ -119,10 +126,10 @@ def peer_train_step(state: TrainState, batch: dict[str, jax.Array], *,
     logits, siamese_logits, batch_stats = peers.apply(
         groups, {'params': params, 'batch_stats': state.batch_stats}, batch['image'],
         train=True, rng=_dropout_rng(state), temperature=temperature)
-    peer_losses, peer_metrics = jax.vmap(loss_fn, in_axes=(0, 0, None))(
-        logits, siamese_logits, batch['label'])
+    peer_losses, peer_metrics = jax.vmap(loss_fn, in_axes=(0, 0, None, None))(
+        logits, siamese_logits, batch['label'], run)
     mimicry = jnp.mean(losses.mimicry_loss(logits, mimicry_temperature), axis=1)
-    objectives = peer_losses + mimicry_weight * mimicry
+    objectives = peer_losses + run['dml_weight'] * mimicry
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'], axis=1)
     metrics = {name: jnp.mean(value) for name, value in peer_metrics.items()}
     metrics.update(loss=jnp.mean(objectives), loss_mimicry=jnp.mean(mimicry),
@@ -130,7 +137,7 @@ def peer_train_step(state: TrainState, batch: dict[str, jax.Array], *,
     for i in range(logits.shape[0]):
       metrics[f'peer_{i}/loss'] = objectives[i]
       metrics[f'peer_{i}/accuracy'] = accuracy[i]
-    return jnp.sum(objectives), (metrics, batch_stats)
+    return run['loss_scale'] * jnp.sum(objectives), (metrics, batch_stats)
 
   grads, (metrics, batch_stats) = jax.grad(loss_and_aux, has_aux=True)(state.params)
   grads, metrics = collectives.device_mean((grads, metrics), AXIS)
@@ -148,11 +155,13 @@ def peer_train_step(state: TrainState, batch: dict[str, jax.Array], *,
 
 
 def _loss_fn(config) -> Callable:
-  """sila_loss with the loss settings of `config`."""
-  return functools.partial(
-      losses.sila_loss, variant=config.sila.variant, weight=config.sila.weight,
-      kl_weight=config.sila.kl_weight, temperature=config.sila.temperature,
-      label_smoothing=config.label_smoothing)
+  """sila_loss with `config`'s loss structure and the run's weights and smoothing."""
+  def loss_fn(logits, siamese_logits, labels, run):
+    return losses.sila_loss(logits, siamese_logits, labels, variant=config.sila.variant,
+                            weight=run['sila_weight'], kl_weight=run['sila_kl_weight'],
+                            temperature=config.sila.temperature,
+                            label_smoothing=run['label_smoothing'])
+  return loss_fn
 
 
 def make_train_step(model: SilaClassifier, tx: optax.GradientTransformation,
@@ -168,6 +177,5 @@ def make_peer_train_step(groups: tuple[peers.Group, ...], tx: optax.GradientTran
                          temperature_schedule: optax.Schedule | None = None) -> Callable:
   """`peer_train_step` bound to peer groups, optimizer, schedules and `config`'s losses."""
   return functools.partial(peer_train_step, groups=groups, tx=tx, loss_fn=_loss_fn(config),
-                           mimicry_weight=config.dml.weight,
                            mimicry_temperature=config.dml.temperature, schedule=schedule,
                            temperature_schedule=temperature_schedule)

@@ -12,7 +12,7 @@ from sila_jax import parallel as parallel_lib
 from sila_jax import train
 from sila_jax import train_step as train_step_lib
 from tests.test_train import plain_param_count
-from tests.test_train_step import batches, run, setup
+from tests.test_train_step import batches, every_run, run, setup
 
 
 @pytest.fixture
@@ -34,18 +34,21 @@ def test_temperature_anneals_linearly_to_one(dy_config):
 def test_the_step_uses_the_temperature_of_its_step_number(dy_config):
   model, tx, schedule, state = setup(dy_config)
   tau = optimizer_lib.attention_temperature_schedule(dy_config, steps_per_epoch=1)
-  step_fn = train_step_lib.make_train_step(model, tx, schedule, dy_config, tau)
+  step_fn = every_run(train_step_lib.make_train_step(model, tx, schedule, dy_config, tau),
+                    dy_config)
   parallel = parallel_lib.ShardMapParallel(step_fn, jax.devices()[:1])
   annealed, metrics = run(parallel, state, batches(2))
-  np.testing.assert_allclose([m['attention_temperature'] for m in metrics], [30.0, 15.5])
+  # Metrics of the one run.
+  np.testing.assert_allclose([m['attention_temperature'][0] for m in metrics], [30.0, 15.5])
   # Resuming from the state after one step continues with that step's temperature.
   after_one, _ = run(parallel, state, batches(1))
   resumed, resumed_metrics = run(parallel, after_one, batches(2)[1:])
-  np.testing.assert_allclose(resumed_metrics[0]['attention_temperature'], 15.5)
+  np.testing.assert_allclose(resumed_metrics[0]['attention_temperature'], [15.5])
   chex.assert_trees_all_equal(resumed, annealed)
   # And the temperature matters: at a constant 1 the same steps end elsewhere.
   constant = parallel_lib.ShardMapParallel(
-      train_step_lib.make_train_step(model, tx, schedule, dy_config), jax.devices()[:1])
+      every_run(train_step_lib.make_train_step(model, tx, schedule, dy_config), dy_config),
+      jax.devices()[:1])
   unannealed, _ = run(constant, state, batches(2))
   assert not np.allclose(unannealed.params['backbone']['DynamicConv_0']['kernel'],
                          annealed.params['backbone']['DynamicConv_0']['kernel'])
@@ -55,7 +58,8 @@ def test_dy_resnet_with_sila_on_eight_devices_matches_one(dy_config):
   dy_config.sila.update(num_heads=2, attach='stage2')
   model, tx, schedule, state = setup(dy_config)
   tau = optimizer_lib.attention_temperature_schedule(dy_config, steps_per_epoch=1)
-  step_fn = train_step_lib.make_train_step(model, tx, schedule, dy_config, tau)
+  step_fn = every_run(train_step_lib.make_train_step(model, tx, schedule, dy_config, tau),
+                    dy_config)
   data = batches(1)
   one_state, one_metrics = run(parallel_lib.ShardMapParallel(step_fn, jax.devices()[:1]),
                                state, data)

@@ -13,7 +13,6 @@ import sys
 import time
 
 import flax
-import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -23,6 +22,7 @@ from sila_jax import evaluate
 from sila_jax import model as model_lib
 from sila_jax import optimizer as optimizer_lib
 from sila_jax import train
+from sila_jax import runs
 from sila_jax import train_step as train_step_lib
 from sila_jax.errors import CheckpointError, NonFiniteLossError
 from tests.folders import make_folder
@@ -209,8 +209,8 @@ def other_model_checkpoint(folder_config, workdir):
   other = folder_config.copy_and_resolve_references()
   other.model = 'resnet32'
   tx = optimizer_lib.create_optimizer(other, optimizer_lib.learning_rate_schedule(other, 3, 3))
-  state = train_step_lib.create_train_state(model_lib.create_model(other), tx,
-                                            jax.random.PRNGKey(0), (32, 32, 3))
+  state = runs.init(lambda key: train_step_lib.create_train_state(
+      model_lib.create_model(other), tx, key, (32, 32, 3)), other)
   manager = checkpoint.create_manager(workdir)
   checkpoint.save(manager, state, other)
   manager.wait_until_finished()

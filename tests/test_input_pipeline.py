@@ -93,13 +93,13 @@ def test_train_shards_are_strided_and_disjoint(folder_config):
 def device_batches(shards, config, batch_size, steps, views=1):
   """The batches the device path draws, for every device of the shards, steps 0..steps-1."""
   mesh = Mesh(np.asarray(jax.devices()[:len(shards)]), (AXIS,))
-  step = input_pipeline.device_input_step(lambda state, batch: batch, config, AXIS,
+  step = input_pipeline.device_input_step(lambda state, batch, run: batch, config, AXIS,
                                           len(shards[0].labels), batch_size, views)
 
   @jax.jit
   @functools.partial(jax.shard_map, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS))
   def draw(state_step, data):
-    return step(type('State', (), {'step': state_step}), data)
+    return step(type('State', (), {'step': state_step}), data, {'seed': config.seed})
 
   data = {'image': np.concatenate([s.images for s in shards]),
           'label': np.concatenate([s.labels for s in shards])}
@@ -109,12 +109,13 @@ def device_batches(shards, config, batch_size, steps, views=1):
 def host_augmented(shards, config, batch_size, steps, start_step=0):
   """The host path's batches (augmented by the step's code) for steps start..start+steps-1."""
   mesh = Mesh(np.asarray(jax.devices()[:len(shards)]), (AXIS,))
-  step = input_pipeline.host_input_step(lambda state, batch: batch, config, AXIS)
-  draw = jax.jit(jax.shard_map(lambda raw: step(None, raw), mesh=mesh, in_specs=P(AXIS),
-                               out_specs=P(AXIS)))
-  stream = input_pipeline.host_batches(shards, range(len(shards)), config, batch_size,
+  step = input_pipeline.host_input_step(lambda state, batch, run: batch, config, AXIS)
+  draw = jax.jit(jax.shard_map(lambda raw: step(None, raw, {'seed': config.seed}), mesh=mesh,
+                               in_specs=P(AXIS), out_specs=P(AXIS)))
+  stream = input_pipeline.host_batches(shards, range(len(shards)), [config.seed], batch_size,
                                        start_step)
-  return [jax.device_get(draw(next(stream))) for _ in range(steps)]
+  only_run = lambda raw: {key: value[:, 0] for key, value in raw.items()}
+  return [jax.device_get(draw(only_run(next(stream)))) for _ in range(steps)]
 
 
 def test_device_and_host_paths_draw_the_same_batches(folder_config):
@@ -132,8 +133,8 @@ def test_resume_starts_at_the_batch_of_the_step(folder_config):
   for step in (5, 7, 10):
     chex.assert_trees_all_equal(batches[step:],
                                 host_augmented(shards, folder_config, 4, 12 - step, step))
-  stream = input_pipeline.host_batches(shards, [0], folder_config, 4)
-  raw = [next(stream) for _ in range(12)]
+  stream = input_pipeline.host_batches(shards, [0], [folder_config.seed], 4)
+  raw = [{key: value[:, 0] for key, value in next(stream).items()} for _ in range(12)]
   labels = np.concatenate([b['label'] for b in raw])
   positions = np.concatenate([b['position'] for b in raw])
   assert positions.tolist() == list(range(48))

@@ -17,9 +17,10 @@ from sila_jax import optimizer as optimizer_lib
 from sila_jax import parallel as parallel_lib
 from sila_jax import peers
 from sila_jax import train
+from sila_jax import runs
 from sila_jax import train_step as train_step_lib
 from tests.test_train import plain_param_count
-from tests.test_train_step import batches, run, setup
+from tests.test_train_step import batches, one_run, run, setup
 
 
 @pytest.fixture
@@ -99,11 +100,12 @@ def test_vmapped_peers_without_mimicry_train_like_separate_models(dml_config, mo
   tau = (optimizer_lib.attention_temperature_schedule(dml_config, 5)
          if model_lib.is_dynamic(model) else None)
   data = batches(2, size=8)
-  together, _ = run(parallel_lib.ShardMapParallel(train_step_lib.make_peer_train_step(
-      groups, tx, schedule, dml_config, tau), devices), state, data)
+  together, _ = run(parallel_lib.ShardMapParallel(one_run(train_step_lib.make_peer_train_step(
+      groups, tx, schedule, dml_config, tau), dml_config), devices), state, data)
   single = model_lib.create_model(dml_config, bn_axis_name=train_step_lib.AXIS)
   alone = parallel_lib.ShardMapParallel(
-      train_step_lib.make_train_step(single, tx, schedule, dml_config, tau), devices)
+      one_run(train_step_lib.make_train_step(single, tx, schedule, dml_config, tau), dml_config),
+      devices)
   for peer in (0, 1):
     expected, _ = run(alone, peer_state(state, peer), data)
     chex.assert_trees_all_close(peer_state(together, peer), expected, rtol=1e-5, atol=1e-6)
@@ -138,7 +140,8 @@ def test_eight_devices_match_one(dml_config, kind):
   dml_config.sila.update(num_heads=2, kl_weight=0.5)
   dml_config.dml.temperature = 2.0
   groups, tx, schedule, state = peer_setup(dml_config)
-  step_fn = train_step_lib.make_peer_train_step(groups, tx, schedule, dml_config)
+  step_fn = one_run(train_step_lib.make_peer_train_step(groups, tx, schedule, dml_config),
+                    dml_config)
   data = batches(1)
   one_state, one_metrics = run(parallel_lib.create_parallel(kind, step_fn, jax.devices()[:1]),
                                state, data)
@@ -173,12 +176,11 @@ def final_state(config, workdir):
   if peers.is_dml(config):
     groups = peers.create_groups(config)
     tx = optimizer_lib.create_optimizer(config, optimizer_lib.learning_rate_schedule(config, 3, 2))
-    init = lambda: train_step_lib.create_peer_train_state(groups, tx, jax.random.PRNGKey(0),
-                                                          (32, 32, 3))
+    create = lambda key: train_step_lib.create_peer_train_state(groups, tx, key, (32, 32, 3))
   else:
     model, tx, _, _ = setup(config)
-    init = lambda: train_step_lib.create_train_state(model, tx, jax.random.PRNGKey(0),
-                                                     (32, 32, 3))
+    create = lambda key: train_step_lib.create_train_state(model, tx, key, (32, 32, 3))
+  init = lambda: runs.init(create, config)
   manager = checkpoint.create_manager(workdir)
   try:
     return checkpoint.restore_newest_readable(manager, jax.eval_shape(init), config)
@@ -244,7 +246,8 @@ def test_dml_run_resumes(dml_run):
   config.num_train_steps = 4
   result = train.train_and_evaluate(config, workdir)
   assert result['step'] == 4
-  assert final_state(config, workdir).params[0]['head']['Dense_0']['kernel'].shape == (2, 16, 10)
+  # One run of two peers.
+  assert final_state(config, workdir).params[0]['head']['Dense_0']['kernel'].shape == (1, 2, 16, 10)
 
 
 def test_heterogeneous_dynamic_peers_train_evaluate_and_export(tiny_config, tmp_path):

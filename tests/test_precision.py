@@ -18,6 +18,7 @@ from sila_jax import optimizer as optimizer_lib
 from sila_jax import parallel as parallel_lib
 from sila_jax import train_step as train_step_lib
 from sila_jax.batch_norm import BatchNorm
+from tests.test_train_step import one_run
 
 
 def floating_dtypes(tree):
@@ -32,7 +33,8 @@ def test_bfloat16_step_keeps_float32_parameters_statistics_optimizer_state_and_l
   tx = optimizer_lib.create_optimizer(tiny_config, schedule)
   state = train_step_lib.create_train_state(model, tx, jax.random.PRNGKey(0), (32, 32, 3))
   parallel = parallel_lib.ShardMapParallel(
-      train_step_lib.make_train_step(model, tx, schedule, tiny_config), jax.devices()[:1])
+      one_run(train_step_lib.make_train_step(model, tx, schedule, tiny_config), tiny_config),
+      jax.devices()[:1])
   rng = np.random.default_rng(0)
   batch = {'image': rng.normal(size=(8, 32, 32, 3)).astype(np.float32),
            'label': rng.integers(0, 10, 8).astype(np.int32)}

@@ -10,16 +10,29 @@ import pytest
 from sila_jax import model as model_lib
 from sila_jax import optimizer as optimizer_lib
 from sila_jax import parallel as parallel_lib
+from sila_jax import runs
 from sila_jax import train_step as train_step_lib
 
 
 def setup(config):
-  """(model, tx, schedule, initial state) for `config`, as train_and_evaluate builds them."""
+  """(model, tx, schedule, initial state of every run) for `config`, as train_and_evaluate
+  builds them."""
   model = model_lib.create_model(config, bn_axis_name=train_step_lib.AXIS)
   schedule = optimizer_lib.learning_rate_schedule(config, 10, 5)
   tx = optimizer_lib.create_optimizer(config, schedule)
-  state = train_step_lib.create_train_state(model, tx, jax.random.PRNGKey(0), (32, 32, 3))
+  state = runs.init(lambda key: train_step_lib.create_train_state(model, tx, key, (32, 32, 3)),
+                    config)
   return model, tx, schedule, state
+
+
+def one_run(step_fn, config):
+  """step_fn for a single run's (unstacked) state, with run 0's settings of `config`."""
+  return functools.partial(step_fn, run=runs.take(runs.settings(config), 0))
+
+
+def every_run(step_fn, config):
+  """step_fn for every run of `config`, all reading the same batch."""
+  return runs.vmap_step(step_fn, config, batch_axis=None)
 
 
 def batches(num, size=16, seed=0):
@@ -37,7 +50,7 @@ def run(parallel, state, data):
   return jax.device_get(parallel.unreplicate(device_state)), jax.device_get(history)
 
 
-def plain_cross_entropy(logits, siamese_logits, labels):
+def plain_cross_entropy(logits, siamese_logits, labels, run):
   """The reference loss of a model that never had Siamese heads."""
   assert siamese_logits is None
   loss = optax.softmax_cross_entropy(logits, jax.nn.one_hot(labels, logits.shape[-1])).mean()
@@ -49,11 +62,11 @@ def test_sila_off_equals_plain_cross_entropy_bit_for_bit(tiny_config):
   model, tx, schedule, state = setup(tiny_config)
   assert set(state.params) == {'backbone', 'head'}
   devices = jax.devices()[:1]
-  ours = parallel_lib.ShardMapParallel(
-      train_step_lib.make_train_step(model, tx, schedule, tiny_config), devices)
-  reference = parallel_lib.ShardMapParallel(functools.partial(
+  ours = parallel_lib.ShardMapParallel(every_run(
+      train_step_lib.make_train_step(model, tx, schedule, tiny_config), tiny_config), devices)
+  reference = parallel_lib.ShardMapParallel(every_run(functools.partial(
       train_step_lib.train_step, model=model, tx=tx, loss_fn=plain_cross_entropy,
-      schedule=schedule), devices)
+      schedule=schedule), tiny_config), devices)
   data = batches(2)
   ours_state, ours_metrics = run(ours, state, data)
   ref_state, ref_metrics = run(reference, state, data)
@@ -65,7 +78,7 @@ def one_and_eight_devices(config, kind, num_steps):
   """Final states and metrics of the same steps on 1 and on 8 devices, and the start."""
   config.sila.update(num_heads=2, attach='stage2', kl_weight=0.5)
   model, tx, schedule, state = setup(config)
-  step_fn = train_step_lib.make_train_step(model, tx, schedule, config)
+  step_fn = every_run(train_step_lib.make_train_step(model, tx, schedule, config), config)
   data = batches(num_steps)
   one = run(parallel_lib.create_parallel(kind, step_fn, jax.devices()[:1]), state, data)
   eight = run(parallel_lib.create_parallel(kind, step_fn, jax.devices()[:8]), state, data)
@@ -95,7 +108,8 @@ def test_eight_devices_match_one_over_two_steps(tiny_config, kind):
 
 def test_shard_map_and_pmap_agree(tiny_config):
   model, tx, schedule, state = setup(tiny_config)
-  step_fn = train_step_lib.make_train_step(model, tx, schedule, tiny_config)
+  step_fn = every_run(train_step_lib.make_train_step(model, tx, schedule, tiny_config),
+                      tiny_config)
   data = batches(1)
   shard_state, _ = run(parallel_lib.ShardMapParallel(step_fn, jax.devices()[:8]), state, data)
   pmap_state, _ = run(parallel_lib.PmapParallel(step_fn, jax.devices()[:8]), state, data)

@@ -1,0 +1,404 @@
+"""The experiment runner: a grid of arms x seeds, batched into few computations, summarised.
+
+python -m sila_jax.experiments --grid=configs/grids/<name>.py --out=results/<name>
+    [--dry_run] [--max_runs=R] [--reuse=results/<other>,...] [--config.<field>=<value> ...]
+
+A grid file's `get_grid()` returns {'config': the recipe every run shares, 'arms': {name:
+{field: value}}, 'seeds': (...), optionally 'baselines': arm names to compare against, and
+'caption': what the grid asks}. A run is (arm, seed): the recipe, the arm's overrides, then
+`--config` overrides (data location, budget). Runs whose configs differ only in
+runs.FIELDS train as one computation (sila_jax/runs.py) of at most --max_runs runs, in
+<out>/work/<group>; each finished run is kept as <out>/runs/<arm>/seed_<s>.json and is not
+run again while its config is unchanged; --reuse takes finished runs of the same config
+from other grids' folders (a plain baseline that several grids share). Stopped (SIGTERM saves; SIGKILL loses at most the
+steps since a checkpoint) and rerun, the runner resumes. It writes runs.csv (one row per
+run), summary.csv and summary.md (per arm: mean, std and n; paired differences against each
+baseline over shared seeds), accuracy.png (bars with std) and curves.png (mean curves).
+"""
+import csv
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from sila_jax import config_checks
+from sila_jax import runs
+from sila_jax import train
+from sila_jax.errors import ConfigError
+
+GRID_KEYS = {'config', 'arms', 'seeds', 'baselines', 'caption'}
+# Columns of runs.csv and summary.csv, in order: the final validation, then the last training
+# record; 'val_' + every eval metric of the run, 'train_' + every training metric.
+SUMMARY_METRICS = ('val_accuracy', 'val_loss', 'train_loss', 'train_loss_main',
+                   'train_loss_siamese', 'train_loss_kl', 'train_accuracy')
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One cell of the grid: its arm, seed and complete single-run config."""
+  arm: str
+  seed: int
+  config: ml_collections.ConfigDict
+
+  @property
+  def digest(self) -> str:
+    """Names the run's config: a finished run is reused only while this is unchanged."""
+    return _digest(self.config.to_dict())
+
+  @property
+  def result_path(self) -> str:
+    return os.path.join('runs', self.arm, f'seed_{self.seed}.json')
+
+
+def _digest(value: Any) -> str:
+  return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def load_grid(path: str) -> dict[str, Any]:
+  """The dict `get_grid()` of the grid file at `path` returns, checked."""
+  if not os.path.isfile(path):
+    raise ConfigError(f'No grid file {path}.')
+  spec = importlib.util.spec_from_file_location('grid', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  grid = module.get_grid()
+  unknown = set(grid) - GRID_KEYS
+  if unknown or not {'config', 'arms', 'seeds'} <= set(grid):
+    raise ConfigError(f'{path}: get_grid() must return config, arms and seeds (and optionally '
+                      f'baselines, caption); got {sorted(grid)}.')
+  missing = [b for b in grid.get('baselines', ()) if b not in grid['arms']]
+  if missing:
+    raise ConfigError(f'{path}: baselines {missing} are not arms ({", ".join(grid["arms"])}).')
+  return grid
+
+
+def plan(grid: dict[str, Any], overrides: dict[str, Any]) -> list[Run]:
+  """Every (arm, seed) run of `grid`, arm-major, `overrides` applied last."""
+  known = config_checks.known_fields()
+  planned = []
+  for arm, fields in grid['arms'].items():
+    for seed in grid['seeds']:
+      config = grid['config'].copy_and_resolve_references()
+      for path in {**fields, **overrides}:
+        if path not in known:
+          raise ConfigError(f'Arm {arm}: {config_checks.unknown_field_message(path, known)}')
+      try:
+        config.update_from_flattened_dict({**fields, **overrides, 'seed': seed})
+      except (TypeError, ValueError) as e:
+        raise ConfigError(f'Arm {arm}: {e}') from e
+      if config.num_runs != 1:
+        raise ConfigError(f'Arm {arm} sets num_runs; the runner batches runs itself.')
+      if config.eval_every_steps == 0:
+        raise ConfigError(f'Arm {arm} never validates (eval_every_steps=0); the grid reports '
+                          'validation accuracy.')
+      planned.append(Run(arm, seed, config))
+  return planned
+
+
+def _structure(config: ml_collections.ConfigDict) -> str:
+  """What runs sharing a computation must agree on: the config without runs.FIELDS."""
+  neutral = config.copy_and_resolve_references()
+  neutral.update_from_flattened_dict({path: 0 for path in runs.FIELDS.values()})
+  return _digest(neutral.to_dict())
+
+
+def group(pending: list[Run], max_runs: int) -> list[list[Run]]:
+  """Runs that can share a computation, in plan order, at most `max_runs` per group."""
+  by_structure: dict[str, list[Run]] = {}
+  for run in pending:
+    by_structure.setdefault(_structure(run.config), []).append(run)
+  return [members[i:i + max_runs] for members in by_structure.values()
+          for i in range(0, len(members), max_runs)]
+
+
+def group_config(members: list[Run]) -> ml_collections.ConfigDict:
+  """One config training `members` together: num_runs and each run's runs.FIELDS values."""
+  config = members[0].config.copy_and_resolve_references()
+  config.num_runs = len(members)
+  config.update_from_flattened_dict({
+      f'runs.{name}': tuple(run.config[path] for run in members)
+      for name, path in runs.FIELDS.items()})
+  return config
+
+
+def _history(workdir: str, run: int, num_runs: int) -> dict[str, list[list[float]]]:
+  """Run `run`'s training loss and validation accuracy by step, from the workdir's metrics:
+  {'train_loss': [[step, value], ...], 'val_accuracy': [...]}."""
+  with open(os.path.join(workdir, train.METRICS)) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  prefix = f'run_{run}/' if num_runs > 1 else ''
+  return {'train_loss': [[r['step'], r[f'{prefix}loss']] for r in records
+                         if f'{prefix}loss' in r],
+          'val_accuracy': [[r['step'], r[f'val_{prefix}accuracy']] for r in records
+                           if f'val_{prefix}accuracy' in r]}
+
+
+def _run_metrics(metrics: dict[str, float], run: int, num_runs: int) -> dict[str, float]:
+  """Run `run`'s values from metrics summarised by runs.summarize."""
+  if num_runs == 1:
+    return metrics
+  prefix = f'run_{run}/'
+  return {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
+
+
+def train_group(members: list[Run], out: str) -> bool:
+  """Trains `members` as one computation and writes each run's result; False if stopped."""
+  config = group_config(members)
+  workdir = os.path.join(out, 'work', _digest([(r.arm, r.seed, r.digest) for r in members]))
+  logging.info('Training %d run(s) together in %s: %s', len(members), workdir,
+               ', '.join(f'{r.arm}/seed {r.seed}' for r in members))
+  start = time.perf_counter()
+  result = train.train_and_evaluate(config, workdir)
+  if result['status'] == 'preempted':
+    return False
+  seconds = time.perf_counter() - start
+  for r, run in enumerate(members):
+    record = {'arm': run.arm, 'seed': run.seed, 'step': result['step'],
+              **{f'val_{k}': v for k, v in _run_metrics(result['val'], r, len(members)).items()},
+              **{f'train_{k}': v for k, v in _run_metrics(result['train'], r, len(members)).items()
+                 if k not in train.TIMINGS},
+              'config': run.digest, 'group_runs': len(members), 'group_seconds': seconds,
+              'history': _history(workdir, r, len(members))}
+    _save(out, run, record)
+  return True
+
+
+def finished(run: Run, out: str) -> dict[str, Any] | None:
+  """The run's saved result, if it was made with the run's current config."""
+  path = os.path.join(out, run.result_path)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    record = json.load(f)
+  return record if record['config'] == run.digest else None
+
+
+def reuse(planned: list[Run], out: str, others: list[str]) -> int:
+  """Copies into `out` the results in `others` of runs with the same config as a planned
+  run not finished in `out`; returns how many."""
+  found = {}
+  for other in others:
+    for folder, _, files in os.walk(os.path.join(other, 'runs')):
+      for name in files:
+        with open(os.path.join(folder, name)) as f:
+          record = json.load(f)
+        found[record['config']] = record
+  copied = 0
+  for run in planned:
+    if finished(run, out) is None and run.digest in found:
+      _save(out, run, {**found[run.digest], 'arm': run.arm})
+      copied += 1
+  return copied
+
+
+def _save(out: str, run: Run, record: dict[str, Any]) -> None:
+  path = os.path.join(out, run.result_path)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(record, f, indent=2)
+  os.replace(path + '.tmp', path)
+
+
+def summarize(grid: dict[str, Any], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Per arm (grid order): n, mean and std of SUMMARY_METRICS, and for each baseline b the
+  mean and std over shared seeds of the paired difference in validation accuracy."""
+  rows = []
+  for arm in grid['arms']:
+    mine = {r['seed']: r for r in records if r['arm'] == arm}
+    row = {'arm': arm, 'n': len(mine)}
+    for metric in SUMMARY_METRICS:
+      values = [r[metric] for r in mine.values() if metric in r]
+      if values:
+        row[f'{metric}_mean'], row[f'{metric}_std'] = float(np.mean(values)), float(np.std(values))
+    for baseline in grid.get('baselines', ()):
+      theirs = {r['seed']: r for r in records if r['arm'] == baseline}
+      shared = sorted(set(mine) & set(theirs))
+      if baseline != arm and shared:
+        deltas = [mine[s]['val_accuracy'] - theirs[s]['val_accuracy'] for s in shared]
+        row[f'vs_{baseline}_mean'] = float(np.mean(deltas))
+        row[f'vs_{baseline}_std'] = float(np.std(deltas))
+    rows.append(row)
+  return rows
+
+
+def recipe(config: ml_collections.ConfigDict, steps: int) -> str:
+  """One line naming the budget every run of the grid had."""
+  model = config.model if config.width == 1 else f'{config.model} at width {config.width:g}'
+  epochs = steps * config.batch_size / 45000
+  return (f'{model}, {steps} steps of batch {config.batch_size} ({epochs:.2g} epochs of '
+          f'45k), lr {config.optimizer.learning_rate:g} {config.optimizer.schedule}, '
+          f'{config.dtype}, data {config.dataset} {config.train_split} / {config.eval_split}')
+
+
+def _write_csv(path: str, rows: list[dict[str, Any]]) -> None:
+  columns = list(dict.fromkeys(k for row in rows for k in row))
+  with open(path, 'w', newline='') as f:
+    writer = csv.DictWriter(f, columns)
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def _percent(row: dict[str, Any], name: str) -> str:
+  if f'{name}_mean' not in row:
+    return ''
+  return f"{100 * row[f'{name}_mean']:.2f} ± {100 * row[f'{name}_std']:.2f}"
+
+
+def markdown(grid: dict[str, Any], rows: list[dict[str, Any]], caption: str) -> str:
+  """summary.md: the caption, then one table row per arm."""
+  baselines = [b for b in grid.get('baselines', ())]
+  header = (['arm', 'n', 'val accuracy %', 'val loss', 'train loss (main head)']
+            + [f'Δ acc vs {b} (paired) %' for b in baselines])
+  lines = [caption, '', '| ' + ' | '.join(header) + ' |',
+           '|' + '---|' * len(header)]
+  for row in rows:
+    cells = [row['arm'], str(row['n']), _percent(row, 'val_accuracy'),
+             f"{row.get('val_loss_mean', float('nan')):.4f}",
+             f"{row.get('train_loss_main_mean', float('nan')):.4f}"]
+    cells += [_percent(row, f'vs_{b}') for b in baselines]
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def _curves(records: list[dict[str, Any]]) -> dict[str, dict[str, tuple]]:
+  """{arm: {'train_loss' | 'val_accuracy': (steps, mean over seeds)}} from the runs'
+  histories."""
+  per_arm: dict[str, dict[str, list]] = {}
+  for record in records:
+    for name, points in record['history'].items():
+      per_arm.setdefault(record['arm'], {}).setdefault(name, []).append(
+          {step: value for step, value in points})
+  curves = {}
+  for arm, named in per_arm.items():
+    for name, seeds in named.items():
+      steps = sorted(set.intersection(*(set(s) for s in seeds)))
+      curves.setdefault(arm, {})[name] = (steps, [np.mean([s[t] for s in seeds]) for t in steps])
+  return curves
+
+
+def plot(out: str, rows: list[dict[str, Any]], records: list[dict[str, Any]],
+         caption: str) -> None:
+  """accuracy.png (validation accuracy per arm, std as error bars) and curves.png."""
+  import matplotlib  # pylint: disable=g-import-not-at-top  # Only the runner draws.
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  done = [row for row in rows if 'val_accuracy_mean' in row]
+  fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(done) + 1.5), 4))
+  ax.bar(range(len(done)), [100 * r['val_accuracy_mean'] for r in done],
+         yerr=[100 * r['val_accuracy_std'] for r in done], capsize=4, color='tab:blue')
+  ax.set_xticks(range(len(done)), [f"{r['arm']}\n(n={r['n']})" for r in done], rotation=30,
+                ha='right', fontsize=8)
+  low = min(100 * (r['val_accuracy_mean'] - r['val_accuracy_std']) for r in done)
+  high = max(100 * (r['val_accuracy_mean'] + r['val_accuracy_std']) for r in done)
+  ax.set_ylim(max(0, low - 0.5 * (high - low) - 1), high + 0.2 * (high - low) + 0.5)
+  ax.set_ylabel('validation accuracy (%)')
+  ax.set_title(caption.splitlines()[0][:100], fontsize=8)
+  fig.tight_layout()
+  fig.savefig(os.path.join(out, 'accuracy.png'), dpi=120)
+  plt.close(fig)
+
+  curves = _curves(records)
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  for arm, named in curves.items():
+    for ax, name in zip(axes, ('train_loss', 'val_accuracy')):
+      steps, values = named.get(name, ([], []))
+      ax.plot(steps, values, marker='.' if len(steps) < 20 else None, label=arm)
+  for ax, label in zip(axes, ('training loss (mean over seeds)',
+                              'validation accuracy (mean over seeds)')):
+    ax.set_xlabel('step')
+    ax.set_ylabel(label)
+  axes[1].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(os.path.join(out, 'curves.png'), dpi=120)
+  plt.close(fig)
+
+
+def run_grid(grid_path: str, out: str, overrides: dict[str, Any], *, dry_run: bool = False,
+             max_runs: int = 64, reuse_from: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+  """Trains the runs of the grid that are not finished, then writes the summaries.
+
+  Returns the summary rows; with `dry_run`, prints the plan and trains nothing.
+  """
+  if max_runs < 1:
+    raise ConfigError(f'max_runs must be positive, got {max_runs}.')
+  grid = load_grid(grid_path)
+  planned = plan(grid, overrides)
+  for run in planned:  # Every mistake before anything compiles.
+    config_checks.check_config(run.config, 1)
+  if reuse_from and not dry_run:
+    print(f'{reuse(planned, out, list(reuse_from))} finished run(s) taken from '
+          f'{", ".join(reuse_from)}.')
+  pending = [run for run in planned if finished(run, out) is None]
+  groups = group(pending, max_runs)
+  print(f'{len(planned)} runs planned, {len(planned) - len(pending)} finished; '
+        f'{len(pending)} to train as {len(groups)} computation(s).')
+  for members in groups:
+    print(f"  {len(members)} together: {', '.join(f'{r.arm}/seed {r.seed}' for r in members)}")
+  if dry_run:
+    return []
+  for members in groups:
+    if not train_group(members, out):
+      print(f'Stopped by SIGTERM; rerun the same command to resume ({out}).')
+      return []
+  records = [finished(run, out) for run in planned]
+  rows = summarize(grid, records)
+  steps = records[0]['step']
+  command = 'python -m sila_jax.experiments ' + ' '.join(sys.argv[1:])
+  caption = (f"{grid.get('caption', os.path.basename(grid_path))}\n\n"
+             f"Budget: {recipe(planned[0].config, steps)}; seeds "
+             f"{', '.join(map(str, grid['seeds']))}; validation accuracy after the last step, "
+             f"mean ± std over seeds. Command: `{command}`.")
+  _write_csv(os.path.join(out, 'runs.csv'), [
+      {k: v for k, v in r.items() if k != 'history'} for r in records])
+  _write_csv(os.path.join(out, 'summary.csv'), rows)
+  with open(os.path.join(out, 'summary.md'), 'w') as f:
+    f.write(markdown(grid, rows, caption))
+  plot(out, rows, records, caption)
+  print(f'Wrote runs.csv, summary.csv, summary.md, accuracy.png and curves.png to {out}.')
+  return rows
+
+
+def main() -> None:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from sila_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from sila_jax import cli  # pylint: disable=g-import-not-at-top
+
+  # A config dict flag applies --config overrides as it is defined: name a bad one first.
+  problem = cli.unknown_override(sys.argv)
+  if problem:
+    sys.exit(f'{sys.argv[0]}: {problem}')
+  grid_flag = flags.DEFINE_string('grid', None, 'Grid file (configs/grids/<name>.py).')
+  out_flag = flags.DEFINE_string('out', None, 'Output directory (results/<name>).')
+  dry_run = flags.DEFINE_bool('dry_run', False, 'List what would run; train nothing.')
+  max_runs = flags.DEFINE_integer('max_runs', 64, 'At most this many runs per computation.')
+  reuse_from = flags.DEFINE_list('reuse', [], "Other grids' output folders whose finished runs "
+                                 'of the same config count as finished here.')
+  # Parsed against the schema, so values take the fields' types; only those given apply.
+  config_flag = config_flags.DEFINE_config_dict('config', default.get_config(),
+                                                'Overrides for every run.')
+  flags.mark_flags_as_required(['grid', 'out'])
+
+  def run(argv):
+    del argv
+    checkpoint.quiet_orbax_logs()
+    given = [arg[len('--config.'):].split('=', 1)[0] for arg in sys.argv
+             if arg.startswith('--config.')]
+    overrides = {path: config_flag.value[path] for path in given}
+    run_grid(grid_flag.value, out_flag.value, overrides, dry_run=dry_run.value,
+             max_runs=max_runs.value, reuse_from=tuple(reuse_from.value))
+  cli.run(run)
+
+
+if __name__ == '__main__':
+  main()

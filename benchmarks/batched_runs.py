@@ -31,6 +31,8 @@ def main():
   parser.add_argument('--width', type=float, default=1.0)
   parser.add_argument('--batch_size', type=int, default=128)
   parser.add_argument('--steps', type=int, default=20, help='steps per log interval')
+  parser.add_argument('--peer_conv', default='auto', help='config.kernels.peer_conv: how the '
+                      "runs' convolutions run under vmap")
   parser.add_argument('--out', default='', help='append one JSON object here')
   args = parser.parse_args()
   if args.quick:
@@ -47,16 +49,19 @@ def main():
       config = throughput.cell_config(args.model, args.method, 'device', args.dtype, args,
                                       data_dir, 'train')
       config.num_runs = num_runs
+      config.kernels.peer_conv = args.peer_conv
       figures[num_runs] = throughput.measure(config, os.path.join(tmp, f'runs_{num_runs}'))
   one, many = figures[1]['step_ms'], figures[args.num_runs]['step_ms']
   row = {'model': args.model, 'width': args.width, 'method': args.method, 'dtype': args.dtype,
+         'peer_conv': args.peer_conv,
          'batch_size': args.batch_size, 'num_runs': args.num_runs, 'platform': device.platform,
          'device_kind': device.device_kind, 'one_run_step_ms': one, 'batched_step_ms': many,
          'speedup': args.num_runs * one / many,
          'one_run_compile_s': figures[1]['compile_s'],
          'batched_compile_s': figures[args.num_runs]['compile_s']}
   print(f'{device.platform} {device.device_kind}, jax {jax.__version__}: {args.model} at width '
-        f'{args.width}, {args.method}, {args.dtype}, batch {args.batch_size} per run')
+        f'{args.width}, {args.method}, {args.dtype}, batch {args.batch_size} per run, '
+        f'kernels.peer_conv={args.peer_conv}')
   print(f'  1 run: {one:.1f} ms a step; {args.num_runs} runs batched: {many:.1f} ms a step '
         f'({args.num_runs} separate: {args.num_runs * one:.1f} ms); speed-up '
         f'x{row["speedup"]:.2f}; compile {row["one_run_compile_s"]:.1f} s vs '

@@ -12,8 +12,10 @@
 # computation (up to 18 runs), so a grid costs a few compilations. Grids run in order of
 # importance, each under its own time limit, so one that overruns keeps the others' results.
 # Everything goes to DIR: by default $OUT when set, else results/device/<date>-<device>-grids/.
-# --quick (CPU, about a minute; the test suite runs it) lists every grid's runs at the GPU
-# recipe (--dry_run: each run's config is checked) and trains the smoke grid on generated data.
+# First it times 8 runs batched against one (benchmarks.batched_runs, 60 s at most).
+# --quick (CPU, about a minute and a half; the test suite runs it) times the batched runs at
+# CPU size, lists every grid's runs at the GPU recipe (--dry_run: each run's config is
+# checked) and trains the smoke grid on generated data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=0
@@ -41,6 +43,15 @@ python3 -c 'import sys, jax; print("python", sys.version.split()[0], "jax", jax.
 stage 'data'
 unpack_data
 
+stage 'batched runs against separate runs'
+if [[ $quick == 1 ]]; then
+  batched_args=(--quick)
+else
+  batched_args=(--num_runs 8 --batch_size 512 --dtype bfloat16 --steps 20 --peer_conv grouped)
+fi
+timeout 60 python3 -m benchmarks.batched_runs "${batched_args[@]}" \
+    --out "$out_dir/batched_runs.jsonl" | tee "$out_dir/batched_runs.txt" || true
+
 EPOCHS=8
 recipe=(--config.data_dir="$data" --config.num_train_steps=-1 --config.num_epochs=$EPOCHS
         --config.batch_size=512 --config.eval_batch_size=1000 --config.dtype=bfloat16
@@ -54,9 +65,9 @@ grid() {  # name, time limit in seconds
   timeout "$2" python3 -m sila_jax.experiments "${args[@]}" 2>"$work/$1.log" \
       || { echo "grid $1 stopped (exit $?); rerun this script to finish it"; tail -5 "$work/$1.log"; }
 }
-grid ablation 230
-grid compression 70
-grid compare 150
+grid ablation 210
+grid compression 60
+grid compare 140
 if [[ $quick == 1 ]]; then
   stage 'smoke grid (trains)'
   python3 -m sila_jax.experiments --grid=configs/grids/smoke.py --out="$out_dir/smoke" \

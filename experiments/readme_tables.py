@@ -3,7 +3,8 @@
   python experiments/readme_tables.py [--check]
 
 Each `<!-- include results/<path> -->` line in README.md is followed by that file's text, up
-to the next `<!-- end include -->`; this script rewrites those blocks from the files. With
+to the next `<!-- end include -->` (`<!-- include results/<path> code -->`: the text in a
+fenced code block); this script rewrites those blocks from the files. With
 --check it changes nothing and exits 1 naming the blocks that differ from their files.
 """
 import argparse
@@ -12,7 +13,7 @@ import re
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BLOCK = re.compile(r'(<!-- include (\S+) -->\n)(.*?)(<!-- end include -->)', re.DOTALL)
+BLOCK = re.compile(r'(<!-- include (\S+)( code)? -->\n)(.*?)(<!-- end include -->)', re.DOTALL)
 
 
 def included(readme: str) -> tuple[str, list[str]]:
@@ -22,9 +23,11 @@ def included(readme: str) -> tuple[str, list[str]]:
   def refresh(match):
     with open(os.path.join(ROOT, match[2])) as f:
       text = f.read()
-    if text != match[3]:
+    if match[3]:
+      text = f'```text\n{text}```\n'
+    if text != match[4]:
       changed.append(match[2])
-    return match[1] + text + match[4]
+    return match[1] + text + match[5]
   return BLOCK.sub(refresh, readme), changed
 
 

@@ -131,6 +131,8 @@ def test_device_grid_quick_lists_every_grid_and_trains_the_smoke_grid(tmp_path):
   assert '9 runs planned, 0 finished; 9 to train as 2 computation(s).' in log  # compression
   assert '18 runs planned, 0 finished; 18 to train as 3 computation(s).' in log  # compare
   assert 'stopped' not in log
+  [batched] = [json.loads(line) for line in open(tmp_path / 'batched_runs.jsonl')]
+  assert batched['num_runs'] == 4 and batched['speedup'] > 0
   with open(tmp_path / 'smoke' / 'runs.csv') as f:
     assert len(list(csv.DictReader(f))) == 4
   assert not (tmp_path / 'smoke' / 'work').exists()

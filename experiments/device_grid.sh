@@ -45,11 +45,12 @@ unpack_data
 
 stage 'batched runs against separate runs'
 if [[ $quick == 1 ]]; then
-  batched_args=(--quick)
+  batched_args=(--quick) batched_limit=600
 else
   batched_args=(--num_runs 8 --batch_size 512 --dtype bfloat16 --steps 20 --peer_conv grouped)
+  batched_limit=60
 fi
-timeout 60 python3 -m benchmarks.batched_runs "${batched_args[@]}" \
+timeout $batched_limit python3 -m benchmarks.batched_runs "${batched_args[@]}" \
     --out "$out_dir/batched_runs.jsonl" | tee "$out_dir/batched_runs.txt" || true
 
 EPOCHS=8
@@ -63,7 +64,7 @@ grid() {  # name, time limit in seconds
   local args=(--grid="configs/grids/$1.py" --out="$out_dir/$1" --max_runs=18 "${recipe[@]}")
   if [[ $quick == 1 ]]; then args+=(--dry_run); fi
   timeout "$2" python3 -m sila_jax.experiments "${args[@]}" 2>"$work/$1.log" \
-      || { echo "grid $1 stopped (exit $?); rerun this script to finish it"; tail -5 "$work/$1.log"; }
+      || { echo "grid $1 stopped (exit $?): its finished runs are in $out_dir/$1/runs"; tail -5 "$work/$1.log"; }
 }
 grid ablation 210
 grid compression 60
@@ -72,7 +73,8 @@ if [[ $quick == 1 ]]; then
   stage 'smoke grid (trains)'
   python3 -m sila_jax.experiments --grid=configs/grids/smoke.py --out="$out_dir/smoke" \
       --config.data_dir="$data" --config.train_split='train[:-4]' \
-      --config.eval_split='train[-4:]' 2>"$work/smoke.log" || { tail -20 "$work/smoke.log"; exit 1; }
+      --config.eval_split='train[-4:]' --config.num_train_steps=4 --config.eval_every_steps=2 \
+      2>"$work/smoke.log" || { tail -20 "$work/smoke.log"; exit 1; }
 fi
 find "$out_dir" -name work -type d -prune -exec rm -rf {} +  # Checkpoints stay behind.
 echo "== grids done in $(( $(date +%s) - start )) s; results in $out_dir/<grid>/summary.md"

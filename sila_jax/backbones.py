@@ -229,6 +229,11 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def num_stages(name: str) -> int:
+  """The residual stages backbone `name` has: what sila.attach='stage<i>' may name."""
+  return len(ResNet18.stage_sizes) if name.endswith('resnet18') else 3
+
+
 def create_backbone(name: str, *, width: float = 1.0, dropout_rate: float = 0.0,
                     bn_axis_name: str | None = None, num_kernels: int = 4,
                     dtype: Any = jnp.float32, peer_conv: str = 'sliced',

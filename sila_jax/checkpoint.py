@@ -87,6 +87,10 @@ def read_meta(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
 def check_model(meta: dict[str, Any], config: ml_collections.ConfigDict,
                 fields: tuple[str, ...], where: str) -> None:
   """Raises CheckpointError if the checkpoint's model differs from `config`'s in `fields`."""
+  if 'num_runs' not in meta['config']:
+    raise CheckpointError(f'The checkpoint in {where} was written before runs had their own '
+                          'axis (config.num_runs); this version cannot restore it.')
+
   def saved(field):  # A field added since the checkpoint was written has its default.
     try:
       value = get_field(meta['config'], field)
@@ -194,6 +198,9 @@ def restore_main_branch(workdir: str, config: ml_collections.ConfigDict,
         model_lib.create_model(config, main_branch_only=True), config.image_size)
   abstract = runs.stack_abstract(abstract, config.num_runs)
   target = flax.serialization.to_state_dict(abstract)
+  directory = os.path.join(os.path.abspath(workdir), DIRECTORIES[which])
+  if not os.path.isdir(directory):  # Reading creates nothing.
+    raise CheckpointError(f'No checkpoint in {directory}.')
   with contextlib.closing(create_manager(workdir, which)) as manager:
     step = manager.latest_step()
     if step is None:

@@ -68,9 +68,14 @@ def _value_problems(config: ml_collections.ConfigDict, num_devices: int,
     yield (f'dml.models names {len(config.dml.models)} models but dml.num_peers is '
            f'{config.dml.num_peers}; give one model per peer.')
   try:
-    heads.parse_attach(config.sila.attach)
+    stage = heads.parse_attach(config.sila.attach)
   except ValueError as e:
     yield str(e)
+  else:
+    for name in dict.fromkeys(tuple(config.dml.models) or (config.model,)):
+      if stage is not None and name in backbones.BACKBONES and stage >= backbones.num_stages(name):
+        yield (f'sila.attach={config.sila.attach!r}, but {name} has stages 1..'
+               f'{backbones.num_stages(name)}.')
 
   positive = ('batch_size', 'eval_batch_size', 'num_classes', 'image_size', 'width',
               'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',

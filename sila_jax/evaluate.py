@@ -158,8 +158,8 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, split: str
   <workdir>/eval_<split>.json (best: best_<split>.json) with accuracy, loss,
   num_examples, num_params and step. A DML run adds peer_<i>/accuracy, peer_<i>/loss and
   ensemble/accuracy, ensemble/loss; accuracy and loss are peer 0's, num_params one peer's.
-  Several runs add run_<r>/<metric> for each, and accuracy and loss (their means over runs)
-  gain accuracy_std and loss_std. `split` defaults to config.eval_split.
+  Several runs report every metric's mean over runs under its name, its sample std as
+  <metric>_std and each run's as run_<r>/<metric>. `split` defaults to config.eval_split.
   """
   config_checks.check_config(config, jax.device_count())
   split = split or config.eval_split

@@ -10,10 +10,11 @@ A grid file's `get_grid()` returns {'config': the recipe every run shares, 'arms
 runs.FIELDS train as one computation (sila_jax/runs.py) of at most --max_runs runs, in
 <out>/work/<group>; each finished run is kept as <out>/runs/<arm>/seed_<s>.json and is not
 run again while its config is unchanged; --reuse takes finished runs of the same config
-from other grids' folders (a plain baseline that several grids share). Stopped (SIGTERM saves; SIGKILL loses at most the
-steps since a checkpoint) and rerun, the runner resumes. It writes runs.csv (one row per
-run), summary.csv and summary.md (per arm: mean, std and n; paired differences against each
-baseline over shared seeds), accuracy.png (bars with std) and curves.png (mean curves).
+from other grids' folders (a plain baseline that several grids share). Stopped (SIGTERM
+saves; SIGKILL loses at most the steps since a checkpoint) and rerun, the runner resumes.
+It writes runs.csv (one row per run), summary.csv and summary.md (per arm: mean, std and n;
+paired differences against each baseline over shared seeds), accuracy.png (bars with std)
+and curves.png (mean curves).
 """
 import csv
 import dataclasses
@@ -35,8 +36,8 @@ from sila_jax import train
 from sila_jax.errors import ConfigError
 
 GRID_KEYS = {'config', 'arms', 'seeds', 'baselines', 'caption'}
-# Columns of runs.csv and summary.csv, in order: the final validation, then the last training
-# record; 'val_' + every eval metric of the run, 'train_' + every training metric.
+# What summary.csv gives the mean and std of per arm: the final validation, then the last
+# training record (runs.csv holds every 'val_' and 'train_' metric of each run).
 SUMMARY_METRICS = ('val_accuracy', 'val_loss', 'train_loss', 'train_loss_main',
                    'train_loss_siamese', 'train_loss_kl', 'train_accuracy')
 
@@ -68,8 +69,11 @@ def load_grid(path: str) -> dict[str, Any]:
     raise ConfigError(f'No grid file {path}.')
   spec = importlib.util.spec_from_file_location('grid', path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  grid = module.get_grid()
+  try:
+    spec.loader.exec_module(module)
+    grid = module.get_grid()
+  except Exception as e:  # A grid file is user code: report its mistake in one line.
+    raise ConfigError(f'{path}: {type(e).__name__}: {e}') from e
   unknown = set(grid) - GRID_KEYS
   if unknown or not {'config', 'arms', 'seeds'} <= set(grid):
     raise ConfigError(f'{path}: get_grid() must return config, arms and seeds (and optionally '
@@ -83,6 +87,14 @@ def load_grid(path: str) -> dict[str, Any]:
 def plan(grid: dict[str, Any], overrides: dict[str, Any]) -> list[Run]:
   """Every (arm, seed) run of `grid`, arm-major, `overrides` applied last."""
   known = config_checks.known_fields()
+  seeds = tuple(grid['seeds'])
+  if (not seeds or len(set(seeds)) < len(seeds)
+      or any(isinstance(seed, bool) or not isinstance(seed, int) for seed in seeds)):
+    raise ConfigError(f'Seeds must be distinct integers, at least one; got {seeds}.')
+  owned = [p for fields in (*grid['arms'].values(), overrides) for p in fields
+           if p in ('seed', 'num_runs') or p.startswith('runs.')]
+  if owned:
+    raise ConfigError(f'The runner sets {owned[0]} itself (seeds come from the grid); drop it.')
   planned = []
   for arm, fields in grid['arms'].items():
     for seed in grid['seeds']:
@@ -94,8 +106,6 @@ def plan(grid: dict[str, Any], overrides: dict[str, Any]) -> list[Run]:
         config.update_from_flattened_dict({**fields, **overrides, 'seed': seed})
       except (TypeError, ValueError) as e:
         raise ConfigError(f'Arm {arm}: {e}') from e
-      if config.num_runs != 1:
-        raise ConfigError(f'Arm {arm} sets num_runs; the runner batches runs itself.')
       if config.eval_every_steps == 0:
         raise ConfigError(f'Arm {arm} never validates (eval_every_steps=0); the grid reports '
                           'validation accuracy.')
@@ -130,13 +140,14 @@ def group_config(members: list[Run]) -> ml_collections.ConfigDict:
 
 
 def _history(workdir: str, run: int, num_runs: int) -> dict[str, list[list[float]]]:
-  """Run `run`'s training loss and validation accuracy by step, from the workdir's metrics:
-  {'train_loss': [[step, value], ...], 'val_accuracy': [...]}."""
+  """Run `run`'s training loss of the main head (comparable across arms, unlike the total)
+  and validation accuracy by step, from the workdir's metrics: {'train_loss_main': [[step,
+  value], ...], 'val_accuracy': [...]}."""
   with open(os.path.join(workdir, train.METRICS)) as f:
     records = [json.loads(line) for line in f if line.strip()]
   prefix = f'run_{run}/' if num_runs > 1 else ''
-  return {'train_loss': [[r['step'], r[f'{prefix}loss']] for r in records
-                         if f'{prefix}loss' in r],
+  return {'train_loss_main': [[r['step'], r[f'{prefix}loss_main']] for r in records
+                              if f'{prefix}loss_main' in r],
           'val_accuracy': [[r['step'], r[f'val_{prefix}accuracy']] for r in records
                            if f'val_{prefix}accuracy' in r]}
 
@@ -187,7 +198,7 @@ def reuse(planned: list[Run], out: str, others: list[str]) -> int:
   found = {}
   for other in others:
     for folder, _, files in os.walk(os.path.join(other, 'runs')):
-      for name in files:
+      for name in (f for f in files if f.endswith('.json')):
         with open(os.path.join(folder, name)) as f:
           record = json.load(f)
         found[record['config']] = record
@@ -207,8 +218,13 @@ def _save(out: str, run: Run, record: dict[str, Any]) -> None:
   os.replace(path + '.tmp', path)
 
 
+def _mean_and_std(values: list[float]) -> tuple[float, float]:
+  """The mean and the sample standard deviation (nan for one value)."""
+  return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else np.nan
+
+
 def summarize(grid: dict[str, Any], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-  """Per arm (grid order): n, mean and std of SUMMARY_METRICS, and for each baseline b the
+  """Per arm (grid order): n, mean and sample std of SUMMARY_METRICS, and for each baseline b the
   mean and std over shared seeds of the paired difference in validation accuracy."""
   rows = []
   for arm in grid['arms']:
@@ -217,14 +233,13 @@ def summarize(grid: dict[str, Any], records: list[dict[str, Any]]) -> list[dict[
     for metric in SUMMARY_METRICS:
       values = [r[metric] for r in mine.values() if metric in r]
       if values:
-        row[f'{metric}_mean'], row[f'{metric}_std'] = float(np.mean(values)), float(np.std(values))
+        row[f'{metric}_mean'], row[f'{metric}_std'] = _mean_and_std(values)
     for baseline in grid.get('baselines', ()):
       theirs = {r['seed']: r for r in records if r['arm'] == baseline}
       shared = sorted(set(mine) & set(theirs))
       if baseline != arm and shared:
         deltas = [mine[s]['val_accuracy'] - theirs[s]['val_accuracy'] for s in shared]
-        row[f'vs_{baseline}_mean'] = float(np.mean(deltas))
-        row[f'vs_{baseline}_std'] = float(np.std(deltas))
+        row[f'vs_{baseline}_mean'], row[f'vs_{baseline}_std'] = _mean_and_std(deltas)
     rows.append(row)
   return rows
 
@@ -232,10 +247,10 @@ def summarize(grid: dict[str, Any], records: list[dict[str, Any]]) -> list[dict[
 def recipe(config: ml_collections.ConfigDict, steps: int) -> str:
   """One line naming the budget every run of the grid had."""
   model = config.model if config.width == 1 else f'{config.model} at width {config.width:g}'
-  epochs = steps * config.batch_size / 45000
-  return (f'{model}, {steps} steps of batch {config.batch_size} ({epochs:.2g} epochs of '
-          f'45k), lr {config.optimizer.learning_rate:g} {config.optimizer.schedule}, '
-          f'{config.dtype}, data {config.dataset} {config.train_split} / {config.eval_split}')
+  return (f'{model}, {steps} steps of batch {config.batch_size} '
+          f'({steps * config.batch_size:,} images), lr {config.optimizer.learning_rate:g} '
+          f'{config.optimizer.schedule}, {config.dtype}, data {config.dataset} '
+          f'{config.train_split} / {config.eval_split}')
 
 
 def _write_csv(path: str, rows: list[dict[str, Any]]) -> None:
@@ -254,7 +269,7 @@ def _percent(row: dict[str, Any], name: str) -> str:
 
 def markdown(grid: dict[str, Any], rows: list[dict[str, Any]], caption: str) -> str:
   """summary.md: the caption, then one table row per arm."""
-  baselines = [b for b in grid.get('baselines', ())]
+  baselines = list(grid.get('baselines', ()))
   header = (['arm', 'n', 'val accuracy %', 'val loss', 'train loss (main head)']
             + [f'Δ acc vs {b} (paired) %' for b in baselines])
   lines = [caption, '', '| ' + ' | '.join(header) + ' |',
@@ -269,7 +284,7 @@ def markdown(grid: dict[str, Any], rows: list[dict[str, Any]], caption: str) -> 
 
 
 def _curves(records: list[dict[str, Any]]) -> dict[str, dict[str, tuple]]:
-  """{arm: {'train_loss' | 'val_accuracy': (steps, mean over seeds)}} from the runs'
+  """{arm: {'train_loss_main' | 'val_accuracy': (steps, mean over seeds)}} from the runs'
   histories."""
   per_arm: dict[str, dict[str, list]] = {}
   for record in records:
@@ -309,10 +324,10 @@ def plot(out: str, rows: list[dict[str, Any]], records: list[dict[str, Any]],
   curves = _curves(records)
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
   for arm, named in curves.items():
-    for ax, name in zip(axes, ('train_loss', 'val_accuracy')):
+    for ax, name in zip(axes, ('train_loss_main', 'val_accuracy')):
       steps, values = named.get(name, ([], []))
       ax.plot(steps, values, marker='.' if len(steps) < 20 else None, label=arm)
-  for ax, label in zip(axes, ('training loss (mean over seeds)',
+  for ax, label in zip(axes, ('training loss of the main head (mean over seeds)',
                               'validation accuracy (mean over seeds)')):
     ax.set_xlabel('step')
     ax.set_ylabel(label)

@@ -52,7 +52,7 @@ def export(config: ml_collections.ConfigDict, workdir: str, export_dir: str,
   if not 0 <= peer < num_peers:
     raise ConfigError(f'peer={peer}, but the run has {num_peers} peer(s): 0..{num_peers - 1}.')
   if not 0 <= run < config.num_runs:
-    raise ConfigError(f'run={run}, but the workdir trained {config.num_runs} run(s): '
+    raise ConfigError(f'run={run}, but the config has num_runs={config.num_runs}: runs '
                       f'0..{config.num_runs - 1}.')
   meta, variables = checkpoint.restore_main_branch(workdir, config, which)
   variables = runs.take(variables, run)

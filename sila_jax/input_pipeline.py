@@ -1,11 +1,11 @@
 """Input: decoded splits as uint8 arrays; batches drawn and augmented inside the train step.
 
 Training reads one even shard of the split per device (strided: shard i of D holds examples
-i, i + D, ...), each streamed by run r (sila_jax/runs.py) with the seed `seed_r + i`. The n-th example of a shard's
-stream is example `order_e[n mod s]` of the shard (s its size, e = n // s its epoch, order_e
-a permutation drawn from (seed, e)), cropped and flipped with a key drawn from (seed, n). A
-step's batch is a pure function of (seed, shard, step): resuming needs nothing but the step.
-Every run of a multi-run computation draws its own batches from the same shards.
+i, i + D, ...), which run r (sila_jax/runs.py; one run unless config.num_runs > 1) streams
+with the seed `seed_r + i`. The n-th example of a shard's stream is example
+`order_e[n mod s]` of the shard (s its size, e = n // s its epoch, order_e a permutation
+drawn from (seed, e)), cropped and flipped with a key drawn from (seed, n). A step's batch
+is a pure function of (seed, shard, step): resuming needs nothing but the step.
 
 With `config.on_device` the shards stay on their devices and the step draws its own batch
 (`device_input_step`); otherwise the host gathers each step's uint8 batch from host memory
@@ -212,11 +212,11 @@ def host_batches(shards: Sequence[Examples], shard_ids: Sequence[int], seeds: Se
   for step in itertools.count(start_step):
     blocks = []
     for shard, shard_id in zip(shards, shard_ids):
-      runs = []
+      per_run = []
       for seed in seeds:
         positions, indices = positions_and_indices(step, int(seed) + shard_id, size, batch_size,
                                                    order, xp=np)
-        runs.append({'image': shard.images[indices], 'label': shard.labels[indices],
-                     'position': positions})
-      blocks.append({key: np.stack([r[key] for r in runs], axis=1) for key in runs[0]})
+        per_run.append({'image': shard.images[indices], 'label': shard.labels[indices],
+                        'position': positions})
+      blocks.append({key: np.stack([r[key] for r in per_run], axis=1) for key in per_run[0]})
     yield {key: np.concatenate([b[key] for b in blocks]) for key in blocks[0]}

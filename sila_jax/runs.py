@@ -2,10 +2,11 @@
 
 Every leaf of the train state (parameters, BatchNorm statistics, optimizer state, key) but
 the step, which all runs share, and every metric carries a leading axis of
-`config.num_runs` = R, and the step runs under `jax.vmap` over it. Run r has its own seed (initialisation, data order, augmentation,
-dropout) and its own numeric loss settings, the fields of `FIELDS`: `config.runs.<name>`
-lists one value per run, or is () for the config field's value in every run (seeds:
-config.seed + r). A single model is the case R = 1; DML peers (K per run) sit inside it.
+`config.num_runs` = R, and the step runs under `jax.vmap` over it. Run r has its own seed
+(initialisation, data order, augmentation, dropout) and its own numeric loss settings, the
+fields of `FIELDS`: `config.runs.<name>` lists one value per run, or is () for the config
+field's value in every run (seeds: config.seed + r). A single model is the case R = 1; DML
+peers (K per run) sit inside it.
 """
 from typing import Any, Callable
 
@@ -93,13 +94,13 @@ def take(tree: Any, run: int) -> Any:
 
 def summarize(per_run: dict[str, Any]) -> dict[str, float]:
   """{name: (R,) values} -> the means over runs under each name; with R > 1 also each run's
-  value as 'run_<r>/<name>' and the standard deviation over runs as '<name>_std'."""
+  value as 'run_<r>/<name>' and the sample standard deviation over runs as '<name>_std'."""
   per_run = {name: np.asarray(value, np.float64) for name, value in per_run.items()}
   summary = {name: float(np.mean(value)) for name, value in per_run.items()}
   num_runs = len(next(iter(per_run.values())))
   if num_runs > 1:
     for name, value in per_run.items():
-      summary[f'{name}_std'] = float(np.std(value))
+      summary[f'{name}_std'] = float(np.std(value, ddof=1))
     for r in range(num_runs):
       summary.update({f'run_{r}/{name}': float(value[r]) for name, value in per_run.items()})
   return summary

@@ -102,7 +102,8 @@ def test_runs_differing_only_in_run_fields_share_a_computation():
 
 @pytest.mark.parametrize('overrides, message', [
     ({'sila.wieght': 1.0}, "Unknown config field 'sila.wieght'; did you mean 'sila.weight'"),
-    ({'num_runs': 2}, 'the runner batches runs itself'),
+    ({'num_runs': 2}, 'The runner sets num_runs itself'),
+    ({'runs.seed': (0, 1)}, 'The runner sets runs.seed itself'),
     ({'eval_every_steps': 0}, 'never validates'),
 ])
 def test_bad_grids_and_overrides_are_one_line_errors(overrides, message):
@@ -137,4 +138,4 @@ def test_device_grid_quick_lists_every_grid_and_trains_the_smoke_grid(tmp_path):
     assert len(list(csv.DictReader(f))) == 4
   assert not (tmp_path / 'smoke' / 'work').exists()
   with open(tmp_path / 'smoke' / 'runs' / 'plain' / 'seed_0.json') as f:
-    assert json.load(f)['step'] == 24
+    assert json.load(f)['step'] == 4

@@ -249,6 +249,7 @@ def broken_data_dir(tmp_path_factory):
     ('classes', {'num_classes': 5}, r"num_classes=5 but split 'train\[:-4\]' has 3 classes"),
     ('labels', {'num_classes': 2}, r'num_classes=2 but split .* has 3 classes \(labels 0..2\)'),
     ('checkpoint', {}, r"written for another model: model='resnet32'"),
+    ('attach', {'sila.attach': 'stage9'}, r"sila.attach='stage9', but resnet20 has stages 1..3"),
 ])
 def test_user_errors_are_one_line_and_come_before_compiling(
     case, overrides, message, data_dir, broken_data_dir, folder_config, tmp_path):
@@ -269,6 +270,16 @@ def test_user_errors_are_one_line_and_come_before_compiling(
   assert last_line.startswith('train.py: ') and re.search(message, last_line), log
   assert 'Traceback' not in log
   assert 'Compiling' not in log  # JAX_LOG_COMPILES=1 logs every compilation.
+
+
+def test_eval_of_a_missing_workdir_is_one_line_and_creates_nothing(data_dir, tmp_path):
+  workdir = str(tmp_path / 'no' / 'such' / 'dir')
+  process = launch('eval.py', workdir, cli_overrides(data_dir), tmp_path / 'log')
+  process.communicate(timeout=300)
+  log = open(tmp_path / 'log').read()
+  assert process.returncode == 1 and 'Traceback' not in log
+  assert log.strip().splitlines()[-1].endswith(f'No checkpoint in {workdir}/checkpoints.')
+  assert not os.path.exists(tmp_path / 'no')
 
 
 def test_eval_reports_a_corrupt_checkpoint_in_one_line(data_dir, folder_config, tmp_path):

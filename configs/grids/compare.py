@@ -1,7 +1,7 @@
 """SiLa against and with Deep Mutual Learning, on a static and a dynamic network.
 
-Arms with sila.weight = 0 are the plain models (their Siamese heads receive no gradient),
-so each pair below trains as one computation. DML runs report peer 0's accuracy.
+Arms with sila.weight = 0 (twin loss, kl_weight 0) are the plain models (their Siamese
+heads receive no gradient), so each pair below trains as one computation. DML runs report peer 0's accuracy.
 """
 from configs.grids import recipe
 

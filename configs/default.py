@@ -30,12 +30,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.dynamic.tau_start = 30.0
   config.dynamic.tau_epochs = 10.0
 
-  # SiLa (../shared/SILA.md). enabled=False is plain cross-entropy training.
+  # SiLa (../shared/SILA.md). enabled=False is plain cross-entropy training. The defaults are
+  # the best SiLa variant of the ablation on validation (results/ablation/summary.md: one
+  # twin head with lambda = 1 attached at stage 2, no KL), where no variant beat plain
+  # training at the CPU budget.
   config.sila = ml_collections.ConfigDict()
   config.sila.enabled = True
   config.sila.num_heads = 1
   config.sila.head = 'twin'  # 'twin' (the main head's architecture) | 'mlp'.
-  config.sila.attach = 'features'  # 'features' | 'stage<i>' (through an adapter).
+  config.sila.attach = 'stage2'  # 'features' | 'stage<i>' (through an adapter).
   config.sila.variant = 'twin'  # 'twin' | 'joint'.
   config.sila.weight = 1.0  # lambda.
   config.sila.kl_weight = 0.0  # beta; 0 turns head-to-head consistency off.

@@ -339,7 +339,8 @@ def plot(out: str, rows: list[dict[str, Any]], records: list[dict[str, Any]],
 
 def run_grid(grid_path: str, out: str, overrides: dict[str, Any], *, dry_run: bool = False,
              max_runs: int = 64, reuse_from: tuple[str, ...] = ()) -> list[dict[str, Any]]:
-  """Trains the runs of the grid that are not finished, then writes the summaries.
+  """Trains the runs of the grid that are not finished, then writes the summaries (of the
+  runs finished so far, if SIGTERM stopped it).
 
   Returns the summary rows; with `dry_run`, prints the plan and trains nothing.
   """
@@ -362,9 +363,12 @@ def run_grid(grid_path: str, out: str, overrides: dict[str, Any], *, dry_run: bo
     return []
   for members in groups:
     if not train_group(members, out):
-      print(f'Stopped by SIGTERM; rerun the same command to resume ({out}).')
-      return []
-  records = [finished(run, out) for run in planned]
+      print(f'Stopped by SIGTERM; rerun the same command to resume ({out}). The summaries '
+            'hold the runs finished so far.')
+      break
+  records = [r for r in (finished(run, out) for run in planned) if r is not None]
+  if not records:
+    return []
   rows = summarize(grid, records)
   steps = records[0]['step']
   command = 'python -m sila_jax.experiments ' + ' '.join(sys.argv[1:])

@@ -16,7 +16,7 @@ def init(config, **kwargs):
 
 
 def test_tree_and_shapes_with_two_siamese_heads(tiny_config):
-  tiny_config.sila.num_heads = 2
+  tiny_config.sila.update(num_heads=2, attach='features')
   _, variables, (logits, siamese) = init(tiny_config)
   assert set(variables['params']) == {'backbone', 'head', 'siamese_heads'}
   assert set(variables['params']['siamese_heads']) == {'head_0', 'head_1'}

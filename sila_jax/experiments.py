@@ -1,7 +1,8 @@
 """The experiment runner: a grid of arms x seeds, batched into few computations, summarised.
 
 python -m sila_jax.experiments --grid=configs/grids/<name>.py --out=results/<name>
-    [--dry_run] [--max_runs=R] [--reuse=results/<other>,...] [--config.<field>=<value> ...]
+    [--dry_run | --summarize] [--max_runs=R] [--reuse=results/<other>,...]
+    [--config.<field>=<value> ...]
 
 A grid file's `get_grid()` returns {'config': the recipe every run shares, 'arms': {name:
 {field: value}}, 'seeds': (...), optionally 'baselines': arm names to compare against, and
@@ -338,11 +339,13 @@ def plot(out: str, rows: list[dict[str, Any]], records: list[dict[str, Any]],
 
 
 def run_grid(grid_path: str, out: str, overrides: dict[str, Any], *, dry_run: bool = False,
-             max_runs: int = 64, reuse_from: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+             summarize_only: bool = False, max_runs: int = 64,
+             reuse_from: tuple[str, ...] = ()) -> list[dict[str, Any]]:
   """Trains the runs of the grid that are not finished, then writes the summaries (of the
   runs finished so far, if SIGTERM stopped it).
 
-  Returns the summary rows; with `dry_run`, prints the plan and trains nothing.
+  Returns the summary rows; with `dry_run`, prints the plan and trains nothing; with
+  `summarize_only`, writes the summaries of the finished runs and trains nothing.
   """
   if max_runs < 1:
     raise ConfigError(f'max_runs must be positive, got {max_runs}.')
@@ -361,7 +364,7 @@ def run_grid(grid_path: str, out: str, overrides: dict[str, Any], *, dry_run: bo
     print(f"  {len(members)} together: {', '.join(f'{r.arm}/seed {r.seed}' for r in members)}")
   if dry_run:
     return []
-  for members in groups:
+  for members in [] if summarize_only else groups:
     if not train_group(members, out):
       print(f'Stopped by SIGTERM; rerun the same command to resume ({out}). The summaries '
             'hold the runs finished so far.')
@@ -371,11 +374,12 @@ def run_grid(grid_path: str, out: str, overrides: dict[str, Any], *, dry_run: bo
     return []
   rows = summarize(grid, records)
   steps = records[0]['step']
-  command = 'python -m sila_jax.experiments ' + ' '.join(sys.argv[1:])
+  command = 'python -m sila_jax.experiments ' + ' '.join(
+      arg for arg in sys.argv[1:] if arg != '--summarize')  # The command that trains them.
   caption = (f"{grid.get('caption', os.path.basename(grid_path))}\n\n"
              f"Budget: {recipe(planned[0].config, steps)}; seeds "
              f"{', '.join(map(str, grid['seeds']))}; validation accuracy after the last step, "
-             f"mean ± std over seeds. Command: `{command}`.")
+             f"mean ± sample std over seeds (n: seeds finished). Command: `{command}`.")
   _write_csv(os.path.join(out, 'runs.csv'), [
       {k: v for k, v in r.items() if k != 'history'} for r in records])
   _write_csv(os.path.join(out, 'summary.csv'), rows)
@@ -400,6 +404,8 @@ def main() -> None:
   grid_flag = flags.DEFINE_string('grid', None, 'Grid file (configs/grids/<name>.py).')
   out_flag = flags.DEFINE_string('out', None, 'Output directory (results/<name>).')
   dry_run = flags.DEFINE_bool('dry_run', False, 'List what would run; train nothing.')
+  summarize_only = flags.DEFINE_bool('summarize', False, 'Write the summaries of the finished '
+                                     'runs; train nothing.')
   max_runs = flags.DEFINE_integer('max_runs', 64, 'At most this many runs per computation.')
   reuse_from = flags.DEFINE_list('reuse', [], "Other grids' output folders whose finished runs "
                                  'of the same config count as finished here.')
@@ -415,7 +421,8 @@ def main() -> None:
              if arg.startswith('--config.')]
     overrides = {path: config_flag.value[path] for path in given}
     run_grid(grid_flag.value, out_flag.value, overrides, dry_run=dry_run.value,
-             max_runs=max_runs.value, reuse_from=tuple(reuse_from.value))
+             summarize_only=summarize_only.value, max_runs=max_runs.value,
+             reuse_from=tuple(reuse_from.value))
   cli.run(run)
 
 

@@ -77,6 +77,12 @@ def test_smoke_grid_runs_resumes_after_a_kill_and_skips_finished_runs(ten_class_
     with open(os.path.join(out, image), 'rb') as f:
       assert f.read(8) == b'\x89PNG\r\n\x1a\n'
 
+  # --summarize rewrites the summaries from the finished runs alone.
+  os.remove(os.path.join(out, 'summary.md'))
+  subprocess.run(runner(out, ten_class_folder, '--summarize'), cwd=ROOT, env=ENV, check=True,
+                 capture_output=True, timeout=300)
+  assert open(os.path.join(out, 'summary.md')).read() == markdown
+
   # Rerun: nothing to train, nothing rewritten.
   rerun = subprocess.run(runner(out, ten_class_folder), cwd=ROOT, env=ENV,
                          capture_output=True, text=True, timeout=300)

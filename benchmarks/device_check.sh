@@ -13,21 +13,7 @@
 # --quick runs every stage on CPU in about a minute, on generated data (the test suite does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-quick=0
-out_dir=''
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --quick) quick=1 ;;
-    --out_dir) out_dir="$2"; shift ;;
-    *) echo "device_check.sh: unknown argument '$1' (use --quick, --out_dir DIR)" >&2; exit 2 ;;
-  esac
-  shift
-done
-start=$(date +%s)
-stage() { echo "== [$(( $(date +%s) - start )) s] $*"; }
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-source benchmarks/device_env.sh
+source benchmarks/device_env.sh  # Parses --quick and --out_dir, sets up the machine.
 out_dir=${out_dir:-${OUT:-results/device/$(date +%Y-%m-%d)-$slug}}
 mkdir -p "$out_dir"
 log="$out_dir/log.txt"

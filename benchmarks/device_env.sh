@@ -1,12 +1,29 @@
 # Sourced by the device scripts (benchmarks/device_check.sh, experiments/device_grid.sh) after
-# `cd` to the checkout, with $work a scratch folder and $quick 0 or 1.
+# `cd` to the checkout. Parses their arguments, --quick (sets $quick to 1) and --out_dir DIR
+# ($out_dir), and makes $work, a scratch folder removed at exit, and stage(), which prints a
+# heading with the seconds since the start.
 #
 # The accelerator image has jax with CUDA but no TensorFlow, TFDS or ml_collections, and no
 # network; what it lacks travels with the checkout in ignored folders:
 #   .device_wheels/   pip download ml_collections --no-deps -d .device_wheels
 #   .device_data/     cp ../shared/data/cifar10-train-jpeg.tar.gz .device_data/
-# Sets PYTHONPATH, $device (the accelerator's name), $slug (its name for folders) and
+# Also sets PYTHONPATH, $device (the accelerator's name), $slug (its name for folders) and
 # $data (the CIFAR-10 ImageFolder root; with quick=1 a generated tree of the same layout).
+quick=0
+out_dir=''
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --quick) quick=1 ;;
+    --out_dir) out_dir="$2"; shift ;;
+    *) echo "$(basename "$0"): unknown argument '$1' (use --quick, --out_dir DIR)" >&2; exit 2 ;;
+  esac
+  shift
+done
+start=$(date +%s)
+stage() { echo "== [$(( $(date +%s) - start )) s] $*"; }
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 # Wheels the image lacks, installed beside it (nothing on the image is replaced).

@@ -1,30 +1,8 @@
-"""Train a SiLa model: python train.py --config=configs/cifar10.py --workdir=/tmp/run."""
-from absl import flags
-from ml_collections import config_flags
+"""Train a SiLa model: python train.py --config=... (the same as `sila-train`).
 
-from sila_jax import checkpoint
-from sila_jax import cli
-from sila_jax import distributed
-from sila_jax import train
-
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Configuration file.',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
-flags.mark_flags_as_required(['config', 'workdir'])
-
-
-def main(argv):
-  del argv
-  distributed.initialize(_CONFIG.value.distributed)  # Before any device is touched.
-  checkpoint.quiet_orbax_logs()
-  result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  if result['status'] == 'complete':
-    print(f'{_WORKDIR.value}: the run is already complete at step {result["step"]}; '
-          'nothing was retrained.')
-  elif result['status'] == 'preempted':
-    print(f'{_WORKDIR.value}: stopped by SIGTERM after saving step {result["step"]}; run the '
-          'same command to resume.')
-
+See sila_jax/commands/train.py for its flags, or run it with --help.
+"""
+from sila_jax.commands import train
 
 if __name__ == '__main__':
-  cli.run(main)
+  train.main()

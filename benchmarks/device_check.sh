@@ -69,17 +69,17 @@ train_run() {  # name, then overrides
       --config.data_dir="$data" "${split_args[@]}" "$@" 2>>"$work/$name.log" >/dev/null
   python3 - "$name" "$workdir" "$wall" "$device" "$@" <<'PY' | tee -a "$out_dir/training.jsonl"
 import glob, json, sys
+from sila_jax import metrics
 name, workdir, wall, device, *overrides = sys.argv[1:]
 evaluation = json.load(open(glob.glob(f'{workdir}/eval_*.json')[0]))
-records = [json.loads(line) for line in open(f'{workdir}/metrics.jsonl')]
-train = [r for r in records if 'images_per_sec' in r]
+train = metrics.read(workdir, metrics.TRAIN)
+validations = metrics.read(workdir, metrics.VALIDATION)
 print(json.dumps({'run': name, 'device': device, 'config': 'configs/cifar10_fast.py',
                   'overrides': overrides, 'val_accuracy': evaluation['accuracy'],
                   'val_loss': evaluation['loss'], 'num_examples': evaluation['num_examples'],
                   'steps': evaluation['step'], 'wall_s': round(float(wall), 1),
                   'images_per_sec': train[-1]['images_per_sec'],
-                  'best_val_accuracy': max(r['val_accuracy'] for r in records
-                                           if 'val_accuracy' in r)}))
+                  'best_val_accuracy': max(r['accuracy'] for r in validations)}))
 PY
 }
 stage 'training ResNet-20, plain and SiLa'

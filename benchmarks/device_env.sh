@@ -3,9 +3,9 @@
 # ($out_dir), and makes $work, a scratch folder removed at exit, and stage(), which prints a
 # heading with the seconds since the start.
 #
-# The accelerator image has jax with CUDA but no TensorFlow, TFDS or ml_collections, and no
-# network; what it lacks travels with the checkout in ignored folders:
-#   .device_wheels/   pip download ml_collections --no-deps -d .device_wheels
+# The accelerator image has jax with CUDA but no TensorFlow, TFDS, ml_collections or
+# tensorboardX, and no network; what it lacks travels with the checkout in ignored folders:
+#   .device_wheels/   pip download ml_collections tensorboardX --no-deps -d .device_wheels
 #   .device_data/     cp ../shared/data/cifar10-train-jpeg.tar.gz .device_data/
 # Also sets PYTHONPATH, $device (the accelerator's name), $slug (its name for folders) and
 # $data (the CIFAR-10 ImageFolder root; with quick=1 a generated tree of the same layout).
@@ -27,7 +27,7 @@ trap 'rm -rf "$work"' EXIT
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 # Wheels the image lacks, installed beside it (nothing on the image is replaced).
-if ! python3 -c 'import ml_collections' 2>/dev/null; then
+if ! python3 -c 'import ml_collections, tensorboardX' 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --target "$work/site" .device_wheels/*.whl
   export PYTHONPATH="$PYTHONPATH:$work/site"
 fi

@@ -1,8 +1,10 @@
 """A device check's results as markdown tables: python -m benchmarks.device_report DIR.
 
 Reads what benchmarks/device_check.sh (and later runs beside it) wrote into DIR:
-throughput*.jsonl, training.jsonl, *_metrics.jsonl (a train.py run's metrics), kernels.jsonl
-and env.txt; writes DIR/summary.md and prints it. The README quotes these tables.
+throughput*.jsonl, training.jsonl, *_metrics.jsonl (a train.py run's metrics.jsonl, in either
+format: records with a 'type', or the older untyped ones whose validation figures carry a
+'val_' prefix), kernels.jsonl and env.txt; writes DIR/summary.md and prints it. The README
+quotes these tables.
 """
 import glob
 import json
@@ -10,6 +12,8 @@ import os
 import sys
 
 import numpy as np
+
+from sila_jax import metrics
 
 
 def _lines(path: str) -> list[dict]:
@@ -48,11 +52,10 @@ def training_table(directory: str) -> list[str]:
                 f"{r['val_accuracy']:.2%} | {r['best_val_accuracy']:.2%} | "
                 f"{r['images_per_sec']:,.0f} | {r['wall_s']} |")
   for path in sorted(glob.glob(os.path.join(directory, '*_metrics.jsonl'))):
-    records = _lines(path)
-    train = [r for r in records if 'images_per_sec' in r]
-    val = [r for r in records if 'val_accuracy' in r]
+    train = metrics.read_file(path, metrics.TRAIN)
+    val = metrics.read_file(path, metrics.VALIDATION)
     rows.append(f"| {os.path.basename(path)} | see the file's run | {val[-1]['step']} | "
-                f"{val[-1]['val_accuracy']:.2%} | {max(r['val_accuracy'] for r in val):.2%} | "
+                f"{val[-1]['accuracy']:.2%} | {max(r['accuracy'] for r in val):.2%} | "
                 f"{np.median([r['images_per_sec'] for r in train]):,.0f} (median) | - |")
   return rows
 

@@ -11,7 +11,7 @@ import argparse
 import jax
 
 from benchmarks import timing
-from configs import default
+from sila_jax.configs import default
 
 
 def main():

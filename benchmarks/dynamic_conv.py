@@ -11,7 +11,7 @@ import argparse
 import jax
 
 from benchmarks import timing
-from configs import default
+from sila_jax.configs import default
 from sila_jax import model as model_lib
 from sila_jax import optimizer as optimizer_lib
 from sila_jax import parallel as parallel_lib

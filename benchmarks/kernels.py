@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import timing
-from configs import default
+from sila_jax.configs import default
 from sila_jax import conv
 from sila_jax import dynamic_conv
 

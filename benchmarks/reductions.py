@@ -15,7 +15,7 @@ from unittest import mock
 import jax
 
 from benchmarks import timing
-from configs import default
+from sila_jax.configs import default
 from sila_jax import collectives
 
 

@@ -24,9 +24,10 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from configs import default
+from sila_jax.configs import default
 from sila_jax import checkpoint
 from sila_jax import input_pipeline
+from sila_jax import metrics
 from sila_jax import train
 
 MODELS = ('resnet20', 'resnet56', 'resnet18', 'wrn16_4')
@@ -55,8 +56,7 @@ def cell_config(model, method, input_kind, dtype, args, data_dir, split):
 def measure(config, workdir) -> dict[str, float]:
   """images/s, step ms, input wait and compile seconds of one run of `config`."""
   train.train_and_evaluate(config, workdir)
-  with open(os.path.join(workdir, train.METRICS)) as f:
-    records = [r for r in map(json.loads, f) if 'images_per_sec' in r]
+  records = metrics.read(workdir, metrics.TRAIN)
   steady = records[1:]
   images_per_sec = float(np.mean([r['images_per_sec'] for r in steady]))  # Of every run.
   step_seconds = config.batch_size * config.num_runs / images_per_sec

@@ -4,7 +4,7 @@ Every backbone maps images (B, H, W, 3) to `(features, stages)`: pooled features
 (B, D) and the output of each residual stage, a tuple of (B, H_s, W_s, C_s) maps that
 Siamese heads may attach to. All take a `width` multiplier on every channel count.
 The ResNets have DY variants (Chen et al. 2020) with every 3x3 conv a DynamicConv; they
-take the attention temperature as `__call__(x, train, temperature)`.
+take the attention temperature as `__call__(x, train, attention_temperature)`.
 
 Every backbone computes in `dtype` (images are cast on entry) with float32 parameters and
 BatchNorm statistics, and takes the forms of its convolutions: `peer_conv` (conv.FORMS, how
@@ -47,12 +47,13 @@ def batch_norm(train: bool, axis_name: str | None) -> Callable[..., nn.Module]:
 
 
 def conv3x3(features: int, strides: int, conv: ModuleDef, dynamic: ModuleDef | None):
-  """A bias-free 3x3 conv as a function of (x, temperature): a `dynamic` one (a DynamicConv
-  factory) if given, which alone uses the temperature, else a static `conv`."""
+  """A bias-free 3x3 conv as a function of (x, attention_temperature): a `dynamic` one (a
+  DynamicConv factory) if given, which alone uses the attention temperature, else a static
+  `conv`."""
   if dynamic is not None:
     return dynamic(features, strides=strides)
   static = conv(features, (3, 3), strides, padding=1)
-  return lambda x, temperature: static(x)
+  return lambda x, attention_temperature: static(x)
 
 
 def resnet_convs(backbone: nn.Module) -> tuple[ModuleDef, ModuleDef | None]:
@@ -80,11 +81,11 @@ class BasicBlock(nn.Module):
   dynamic: ModuleDef | None = None
 
   @nn.compact
-  def __call__(self, x, temperature=1.0):
+  def __call__(self, x, attention_temperature=1.0):
     conv = functools.partial(conv3x3, conv=self.conv, dynamic=self.dynamic)
-    y = conv(self.features, self.strides)(x, temperature)
+    y = conv(self.features, self.strides)(x, attention_temperature)
     y = nn.relu(self.norm()(y))
-    y = conv(self.features, 1)(y, temperature)
+    y = conv(self.features, 1)(y, attention_temperature)
     y = self.norm()(y)
     shortcut = x
     if self.strides != 1 or x.shape[-1] != self.features:
@@ -102,7 +103,7 @@ class CifarResNet(nn.Module):
   """CIFAR ResNet-(6n+2): three stages of n blocks at 16, 32, 64 channels.
 
   With `dynamic`, a DY-ResNet: every 3x3 conv is a DynamicConv of `num_kernels` kernels
-  whose attention uses `temperature`; otherwise `temperature` is ignored.
+  whose attention uses `attention_temperature`; otherwise `attention_temperature` is ignored.
   """
   depth: int
   width: float = 1.0
@@ -114,20 +115,21 @@ class CifarResNet(nn.Module):
   dynamic_conv: str = 'taps'
 
   @nn.compact
-  def __call__(self, x, train: bool, temperature=1.0):
+  def __call__(self, x, train: bool, attention_temperature=1.0):
     if (self.depth - 2) % 6:
       raise ValueError(f'CIFAR ResNet depth must be 6n+2, got {self.depth}.')
     blocks = (self.depth - 2) // 6
     norm = batch_norm(train, self.bn_axis_name)
     conv, dynamic = resnet_convs(self)
-    x = conv3x3(scaled(16, self.width), 1, conv, dynamic)(x.astype(self.dtype), temperature)
+    x = conv3x3(scaled(16, self.width), 1, conv, dynamic)(x.astype(self.dtype),
+                                                          attention_temperature)
     x = nn.relu(norm()(x))
     stages = []
     for stage, channels in enumerate((16, 32, 64)):
       for block in range(blocks):
         strides = 2 if stage > 0 and block == 0 else 1
         x = BasicBlock(scaled(channels, self.width), strides, norm, conv,
-                       dynamic=dynamic)(x, temperature)
+                       dynamic=dynamic)(x, attention_temperature)
       stages.append(x)
     return jnp.mean(x, axis=(1, 2)), tuple(stages)
 
@@ -135,7 +137,7 @@ class CifarResNet(nn.Module):
 class ResNet18(nn.Module):
   """ResNet-18 with a CIFAR stem: one 3x3 conv, no max-pool, stages at 64-512 channels.
 
-  `dynamic`, `num_kernels` and `temperature` as in CifarResNet.
+  `dynamic`, `num_kernels` and `attention_temperature` as in CifarResNet.
   """
   width: float = 1.0
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
@@ -147,17 +149,18 @@ class ResNet18(nn.Module):
   dynamic_conv: str = 'taps'
 
   @nn.compact
-  def __call__(self, x, train: bool, temperature=1.0):
+  def __call__(self, x, train: bool, attention_temperature=1.0):
     norm = batch_norm(train, self.bn_axis_name)
     conv, dynamic = resnet_convs(self)
-    x = conv3x3(scaled(64, self.width), 1, conv, dynamic)(x.astype(self.dtype), temperature)
+    x = conv3x3(scaled(64, self.width), 1, conv, dynamic)(x.astype(self.dtype),
+                                                          attention_temperature)
     x = nn.relu(norm()(x))
     stages = []
     for stage, blocks in enumerate(self.stage_sizes):
       for block in range(blocks):
         strides = 2 if stage > 0 and block == 0 else 1
         x = BasicBlock(scaled(64 * 2**stage, self.width), strides, norm, conv, projection=True,
-                       dynamic=dynamic)(x, temperature)
+                       dynamic=dynamic)(x, attention_temperature)
       stages.append(x)
     return jnp.mean(x, axis=(1, 2)), tuple(stages)
 

@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from configs import default
+from sila_jax.configs import default
 from sila_jax import distributed
 from sila_jax import model as model_lib
 from sila_jax import peers
@@ -241,3 +241,42 @@ def save_best(manager: ocp.CheckpointManager, state: Any, config: ml_collections
       manager.delete(step)
   save(manager, state, config, attention_temperature=attention_temperature,
        val_accuracy=val_accuracy)
+
+
+class Checkpoints:
+  """A run's checkpoints: the newest `config.keep_checkpoints` in <workdir>/checkpoints and the
+  best on validation in <workdir>/best. Closing waits for the checkpoints being written."""
+
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict):
+    self._config = config
+    self._latest = create_manager(workdir, LATEST, config.keep_checkpoints)
+    self._best = create_manager(workdir, BEST)
+    self._best_accuracy = best_accuracy(self._best)
+
+  def restore(self, abstract_state: Any) -> Any | None:
+    """`restore_newest_readable` of the latest checkpoints."""
+    return restore_newest_readable(self._latest, abstract_state, self._config)
+
+  @property
+  def directory(self) -> str:
+    """Where the latest checkpoints are: <workdir>/checkpoints."""
+    return str(self._latest.directory)
+
+  def save(self, state: Any, attention_temperature: float) -> None:
+    save(self._latest, state, self._config, attention_temperature=attention_temperature)
+
+  def wait(self) -> None:
+    """Returns once the checkpoints being written are complete."""
+    self._latest.wait_until_finished()
+    self._best.wait_until_finished()
+
+  def save_if_best(self, state: Any, attention_temperature: float, val_accuracy: float) -> None:
+    """Makes `state` the best checkpoint if its validation accuracy beats the best one's."""
+    if val_accuracy > self._best_accuracy:
+      self._best_accuracy = val_accuracy
+      save_best(self._best, state, self._config, attention_temperature=attention_temperature,
+                val_accuracy=val_accuracy)
+
+  def close(self) -> None:
+    self._latest.close()
+    self._best.close()

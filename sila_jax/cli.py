@@ -1,4 +1,6 @@
-"""What train.py, eval.py and export.py share: flag parsing and one-line user errors."""
+"""What the commands (sila-train, sila-eval, sila-export) share: flag parsing, finding a
+shipped config by name, one-line user errors and Ctrl-C."""
+import os
 import sys
 from typing import Callable
 
@@ -6,15 +8,59 @@ from absl import app
 from absl import flags
 
 from sila_jax import config_checks
-from sila_jax.errors import UserError
+from sila_jax import configs
+from sila_jax.errors import ConfigError, UserError
+
+CONFIG_DIR = os.path.dirname(configs.__file__)
+INTERRUPTED = 130  # The exit status of a command stopped by Ctrl-C (128 + SIGINT).
+
+
+def shipped_configs() -> list[str]:
+  """The names of the shipped configs ('cifar10', 'quick', ...)."""
+  return sorted(name[:-3] for name in os.listdir(CONFIG_DIR)
+                if name.endswith('.py') and not name.startswith('_'))
+
+
+def shipped_config(value: str) -> str:
+  """A --config value naming a shipped config where no such file exists ('quick',
+  'cifar10.py:arg', 'configs/cifar10_folder.py') as that file's path in the installed
+  package, so the commands run from any directory; the path of an existing file unchanged.
+
+  Raises:
+    ConfigError: `value` names neither a file nor a shipped config.
+  """
+  path, colon, arg = value.partition(':')
+  if os.path.isfile(path):
+    return value
+  name = path.removeprefix('configs/').removesuffix('.py')
+  if name not in shipped_configs():
+    raise ConfigError(f'--config={value}: no config file {path!r}, nor a shipped config of '
+                      f"that name ({', '.join(shipped_configs())}).")
+  return os.path.join(CONFIG_DIR, f'{name}.py') + colon + arg
+
+
+def _with_shipped_configs(argv: list[str]) -> list[str]:
+  """argv with each --config value (--config=X or --config X) passed through shipped_config."""
+  argv = list(argv)
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      argv[i] = '--config=' + shipped_config(arg[len('--config='):])
+    elif arg == '--config' and i + 1 < len(argv):
+      argv[i + 1] = shipped_config(argv[i + 1])
+  return argv
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing; a bad flag or an unknown --config.<field> exits with one line."""
+  command = os.path.basename(argv[0])
   try:
-    return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError) as e:
-    sys.exit(f'{argv[0]}: {unknown_override(argv) or e}')
+    remaining = flags.FLAGS(_with_shipped_configs(argv))
+    if 'config' in flags.FLAGS:
+      flags.FLAGS['config'].value  # pylint: disable=pointless-statement  # Loads it if not yet.
+  except Exception as e:  # A bad flag, an unknown field, whatever the config file raised.
+    # A config file's own error arrives with its traceback as text: its last line says it.
+    sys.exit(f'{command}: {unknown_override(argv) or str(e).strip().splitlines()[-1]}')
+  return remaining
 
 
 def unknown_override(argv: list[str]) -> str | None:
@@ -37,15 +83,21 @@ def _drop_closed_loop_noise(unraisable) -> None:
 
 
 def run(main: Callable[[list[str]], None]) -> None:
-  """app.run(main), printing a UserError as one line and exiting with status 1."""
+  """app.run(main), printing a UserError as one line and exiting with status 1, and a
+  KeyboardInterrupt (Ctrl-C where the command does not catch it) as one line, status 130."""
   sys.unraisablehook = _drop_closed_loop_noise
 
   def main_reporting_user_errors(argv):
+    command = os.path.basename(argv[0])
     if len(argv) > 1:
       raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
     try:
       main(argv)
     except UserError as e:
-      sys.exit(f'{argv[0]}: error: {e}')
+      sys.exit(f'{command}: error: {e}')
+    except KeyboardInterrupt:
+      print(f'{command}: stopped by Ctrl-C; files it writes appear whole or not at all, and '
+            'the checkpoints saved so far are intact.', file=sys.stderr)
+      sys.exit(INTERRUPTED)
 
   app.run(main_reporting_user_errors, flags_parser=_parse_flags)

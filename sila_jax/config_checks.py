@@ -1,10 +1,11 @@
 """Config validation: every field known, every value usable, before anything is compiled."""
 import difflib
+import math
 from typing import Any, Iterator
 
 import ml_collections
 
-from configs import default
+from sila_jax.configs import default
 from sila_jax import backbones
 from sila_jax import conv
 from sila_jax import distributed
@@ -48,6 +49,53 @@ def unknown_field_message(path: str, known: list[str]) -> str:
   return f"Unknown config field '{path}'" + (f"; did you mean '{hint[0]}'?" if hint else '.')
 
 
+def _numbers(values: tuple[Any, ...]) -> bool:
+  """Whether every element of `values` is an int or a float (not a bool, a string, ...)."""
+  return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+_POSITIVE = (lambda v: v > 0, 'must be positive')
+_NON_NEGATIVE = (lambda v: v >= 0, 'must not be negative')
+_FRACTION = (lambda v: 0 <= v < 1, 'must be in [0, 1)')
+# Fields of numbers: path -> (test a valid value passes, what the message says it must be).
+# The tests say what is valid, so that NaN fails them all.
+RULES = {
+    **dict.fromkeys(('batch_size', 'eval_batch_size', 'num_classes', 'image_size',
+                     'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
+                     'num_runs', 'loss_scale', 'optimizer.learning_rate',
+                     'optimizer.lr_decay_factor', 'sila.num_heads', 'sila.temperature',
+                     'dynamic.num_kernels', 'dynamic.tau_start', 'dml.num_peers',
+                     'dml.temperature'), _POSITIVE),
+    **dict.fromkeys(('num_epochs', 'sila.weight', 'sila.kl_weight', 'dml.weight',
+                     'optimizer.weight_decay', 'optimizer.warmup_epochs',
+                     'dynamic.tau_epochs'), _NON_NEGATIVE),
+    **dict.fromkeys(('label_smoothing', 'dropout_rate', 'optimizer.momentum'), _FRACTION),
+    'width': (lambda v: v > 1 / 32, 'must be more than 1/32, so that 16-channel layers keep '
+                                    'a channel'),
+    'eval_every_steps': (lambda v: v >= -1,
+                         'must be -1 (once per epoch), 0 (never) or positive'),
+    'seed': (lambda v: -2**31 <= v < 2**31, 'must fit in int32 (run r uses seed + r)'),
+    'normalize_mean': (lambda t: _numbers(t) and len(t) == 3 and all(0 <= v <= 1 for v in t),
+                       'must be 3 numbers in [0, 1], one per channel of pixels in [0, 1]'),
+    'normalize_std': (lambda t: _numbers(t) and len(t) == 3 and all(0 < v <= 1 for v in t),
+                      'must be 3 numbers in (0, 1], one per channel of pixels in [0, 1]'),
+    'optimizer.lr_boundaries': (
+        lambda t: _numbers(t) and all(a < b for a, b in zip((0, *t), (*t, 1))),
+        'must be increasing fractions of the run, in (0, 1)'),
+}
+IMAGE_SIZES = {'cifar10': 32, 'cifar100': 32}  # Datasets whose images have one size.
+
+
+def _rule_problems(path: str, value: Any, where: str = '') -> Iterator[str]:
+  """What RULES[path] finds wrong with `value` (given in `where`, e.g. ' in runs.seed')."""
+  valid, must = RULES[path]
+  if isinstance(value, float) and not math.isfinite(value):
+    must = 'must be finite'
+  elif valid(value):
+    return
+  yield f'{path} {must}, got {value}{where}.'
+
+
 def _value_problems(config: ml_collections.ConfigDict, num_devices: int,
                     num_processes: int) -> Iterator[str]:
   choices = {'model': backbones.BACKBONES, 'dataset': input_pipeline.DATASETS,
@@ -77,23 +125,12 @@ def _value_problems(config: ml_collections.ConfigDict, num_devices: int,
         yield (f'sila.attach={config.sila.attach!r}, but {name} has stages 1..'
                f'{backbones.num_stages(name)}.')
 
-  positive = ('batch_size', 'eval_batch_size', 'num_classes', 'image_size', 'width',
-              'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
-              'optimizer.learning_rate', 'sila.num_heads', 'sila.temperature',
-              'dynamic.num_kernels', 'dynamic.tau_start', 'dml.num_peers', 'dml.temperature',
-              'num_runs', 'loss_scale')
-  for path in positive:
-    if not get_field(config, path) > 0:
-      yield f'{path} must be positive, got {get_field(config, path)}.'
-  for path in ('sila.weight', 'sila.kl_weight', 'optimizer.weight_decay',
-               'optimizer.warmup_epochs', 'dropout_rate', 'dynamic.tau_epochs', 'dml.weight'):
-    if get_field(config, path) < 0:
-      yield f'{path} must not be negative, got {get_field(config, path)}.'
-  if config.eval_every_steps < -1:
-    yield (f'eval_every_steps must be -1 (once per epoch), 0 (never) or positive, got '
-           f'{config.eval_every_steps}.')
-  if not 0 <= config.label_smoothing < 1:
-    yield f'label_smoothing must be in [0, 1), got {config.label_smoothing}.'
+  for path in RULES:
+    yield from _rule_problems(path, get_field(config, path))
+  size = IMAGE_SIZES.get(config.dataset)
+  if size and config.image_size != size:
+    yield (f'image_size must be {size} for dataset={config.dataset} (its images are '
+           f'{size}x{size}), got {config.image_size}.')
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
     yield 'Set num_epochs or num_train_steps to a positive number.'
   for path in ('batch_size', 'eval_batch_size'):
@@ -115,6 +152,9 @@ def _run_problems(config: ml_collections.ConfigDict) -> Iterator[str]:
     kind = int if name == 'seed' else (int, float)
     if any(isinstance(v, bool) or not isinstance(v, kind) for v in given):
       yield f'runs.{name} must list numbers{" (integers)" if kind is int else ""}, got {given}.'
+    else:
+      for value in given:
+        yield from _rule_problems(path, value, f' in runs.{name}')
 
 
 def check_config(config: ml_collections.ConfigDict, num_devices: int,
@@ -124,7 +164,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int,
   known = known_fields()
   problems = [unknown_field_message(p, known) for p in field_paths(config) if p not in known]
   if not problems:
-    problems = list(_run_problems(config)) if config.num_runs > 0 else []
+    problems = list(dict.fromkeys(_run_problems(config))) if config.num_runs > 0 else []
   if not problems:
     per_run = [runs.run_config(config, r) for r in range(config.num_runs)] or [config]
     problems = list(dict.fromkeys(problem for run_config in per_run for problem in

@@ -1,7 +1,7 @@
 """Dynamic convolution (Chen et al., CVPR 2020): K kernels mixed into one kernel per sample.
 
-A small attention branch (global average pool -> Dense -> ReLU -> Dense -> softmax with a
-temperature) gives each sample weights over the K kernels; their weighted sum is that
+A small attention branch (global average pool -> Dense -> ReLU -> Dense -> softmax with an
+attention temperature) gives each sample weights over the K kernels; their weighted sum is that
 sample's kernel, and every sample is convolved with its own kernel in one batched pass.
 """
 from typing import Any, Callable
@@ -17,21 +17,22 @@ default_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal',
 
 
 class DynamicAttention(nn.Module):
-  """Per-sample kernel weights: x (B, H, W, C) -> softmax(logits / temperature), (B, K) float32.
+  """Per-sample kernel weights: x (B, H, W, C) -> softmax(logits / attention_temperature),
+  (B, K) float32.
 
-  The Dense layers compute in `dtype`; the softmax in float32, where a high temperature's
-  small differences between logits survive.
+  The Dense layers compute in `dtype`; the softmax in float32, where the small differences
+  that a high attention temperature leaves between logits survive.
   """
   num_kernels: int
   hidden: int
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, temperature):
+  def __call__(self, x, attention_temperature):
     pooled = jnp.mean(x, axis=(1, 2))
     hidden = nn.relu(nn.Dense(self.hidden, dtype=self.dtype)(pooled))
     logits = nn.Dense(self.num_kernels, dtype=self.dtype)(hidden)
-    return jax.nn.softmax(logits.astype(jnp.float32) / temperature)
+    return jax.nn.softmax(logits.astype(jnp.float32) / attention_temperature)
 
 
 def _taps_conv(x, kernels, strides: int, padding: int):
@@ -81,9 +82,11 @@ def per_sample_conv(x, kernels, strides: int, padding: int, form: str = 'taps'):
 
 
 class DynamicConv(nn.Module):
-  """Dynamic convolution without bias: x (B, H, W, C_in), temperature -> (B, H', W', features).
+  """Dynamic convolution without bias: x (B, H, W, C_in), attention_temperature ->
+  (B, H', W', features).
 
-  `temperature` is a Python float or a traced scalar (it is annealed inside the train step).
+  `attention_temperature` is a Python float or a traced scalar (it is annealed inside the
+  train step).
   Parameters (float32): 'kernel' (K, kh, kw, C_in, features) and the attention's two Dense
   layers with max(C_in // reduction, 4) hidden units. It computes in `dtype`, with the
   per-sample convolution of `form` (per_sample_conv).
@@ -99,10 +102,10 @@ class DynamicConv(nn.Module):
   form: str = 'taps'
 
   @nn.compact
-  def __call__(self, x, temperature):
+  def __call__(self, x, attention_temperature):
     in_features = x.shape[-1]
     weights = DynamicAttention(self.num_kernels, max(in_features // self.reduction, 4),
-                               self.dtype, name='attention')(x, temperature)
+                               self.dtype, name='attention')(x, attention_temperature)
     kernel = self.param('kernel', self.kernel_init,
                         (self.num_kernels, *self.kernel_size, in_features, self.features))
     x, weights, kernel = nn.dtypes.promote_dtype(x, weights, kernel, dtype=self.dtype)

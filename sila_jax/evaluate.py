@@ -19,22 +19,26 @@ from sila_jax import checkpoint
 from sila_jax import config_checks
 from sila_jax import export as export_lib
 from sila_jax import input_pipeline
+from sila_jax import metrics
 from sila_jax import model as model_lib
 from sila_jax import parallel
 from sila_jax import peers
+from sila_jax import progress
 from sila_jax import runs
 from sila_jax.train_step import AXIS
 
 
 def make_eval_step(model: model_lib.SilaClassifier):
-  """Jitted (variables, batch, temperature) -> sums of loss, correct and count over real examples.
+  """Jitted (variables, batch, attention_temperature) -> sums of loss, correct and count
+  over real examples.
 
-  batch: {'image': (B, H, W, 3), 'label': (B,), 'mask': (B,) bool}; temperature: the
-  attention temperature of dynamic convolutions (ignored by static models).
+  batch: {'image': (B, H, W, 3), 'label': (B,), 'mask': (B,) bool}; attention_temperature:
+  the attention temperature of dynamic convolutions (ignored by static models).
   """
   @jax.jit
-  def eval_step(variables, batch, temperature):
-    logits, _ = model.apply(variables, batch['image'], train=False, temperature=temperature)
+  def eval_step(variables, batch, attention_temperature):
+    logits, _ = model.apply(variables, batch['image'], train=False,
+                            attention_temperature=attention_temperature)
     mask = batch['mask']
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
     correct = jnp.argmax(logits, -1) == batch['label']
@@ -48,9 +52,9 @@ def make_peer_eval_step(groups: tuple[peers.Group, ...]):
   'peer_<i>/loss' and 'peer_<i>/correct', those of the ensemble (the mean of the peers'
   probabilities) as 'ensemble/...', and peer 0's again as 'loss' and 'correct'."""
   @jax.jit
-  def eval_step(variables, batch, temperature):
+  def eval_step(variables, batch, attention_temperature):
     logits, _, _ = peers.apply(groups, variables, batch['image'], train=False,
-                               temperature=temperature)
+                               attention_temperature=attention_temperature)
     mask, labels = batch['mask'], batch['label']
     log_probs = jax.nn.log_softmax(logits)  # (K, B, C)
     predictions = {f'peer_{i}': peer_log_probs for i, peer_log_probs in enumerate(log_probs)}
@@ -75,6 +79,9 @@ class EvalBatches:
     self._resident = (parallel.shard_batch(batches, NamedSharding(mesh, P(None, AXIS)))
                       if on_device else None)
 
+  def __len__(self) -> int:
+    return len(self._host['label'])
+
   def __iter__(self) -> Iterator[dict[str, jax.Array]]:
     for i in range(len(self._host['label'])):
       if self._resident is None:
@@ -84,14 +91,14 @@ class EvalBatches:
 
 
 def evaluate(eval_step, variables: dict[str, Any], batches: Iterable[dict[str, Any]],
-             mesh: Mesh, temperature: float = 1.0) -> dict[str, float]:
+             mesh: Mesh, attention_temperature: float = 1.0) -> dict[str, float]:
   """Means over `batches` (global arrays split over `mesh`) of eval_step's per-run sums (R,),
   and the example count: 'correct' sums become accuracies ('peer_0/correct' ->
   'peer_0/accuracy'), summarised over runs by `runs.summarize`."""
   variables = jax.device_put(variables, NamedSharding(mesh, P()))
   totals = None
   for batch in batches:
-    sums = eval_step(variables, batch, temperature)
+    sums = eval_step(variables, batch, attention_temperature)
     totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
   if totals is None:
     raise ValueError('The evaluation split is empty.')
@@ -117,9 +124,9 @@ def make_main_branch_eval_step(config: ml_collections.ConfigDict):
   every_run = jax.vmap(eval_step, in_axes=(0, None, None))
 
   @jax.jit
-  def on_uint8_images(variables, batch, temperature):
+  def on_uint8_images(variables, batch, attention_temperature):
     batch = {**batch, 'image': input_pipeline.normalize(batch['image'], config)}
-    return every_run(variables, batch, temperature)
+    return every_run(variables, batch, attention_temperature)
   return on_uint8_images
 
 
@@ -132,22 +139,38 @@ def deployable_params(config: ml_collections.ConfigDict, variables: dict[str, An
   return model_lib.count_params(model_lib.main_branch(variables)['params'])
 
 
-def evaluate_variables(config: ml_collections.ConfigDict, eval_step, variables: dict[str, Any],
-                       split: str, temperature: float = 1.0) -> dict[str, Any]:
-  """`evaluate` of eval_step with `variables` on `split` of `config`'s data; adds num_params."""
-  data = input_pipeline.load_eval_shard(config, split,
-                                       config.eval_batch_size // jax.process_count())
-  mesh = Mesh(np.asarray(jax.devices()), (AXIS,))
-  result = evaluate(eval_step, variables, EvalBatches(data, mesh, config.on_device), mesh,
-                    temperature)
-  result.update(split=split, num_params=deployable_params(config, variables))
-  return result
+class Evaluator:
+  """Validation of the main branch on one split, as big_vision's evaluators: the data, its
+  placement on the devices and the jitted step are built once; `run` evaluates variables.
+
+  Training and eval.py use the same one. config: the model (or DML peers) and the data.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, split: str,
+               devices: list[jax.Device] | None = None):
+    devices = jax.devices() if devices is None else devices
+    self.split = split
+    self._mesh = Mesh(np.asarray(devices), (AXIS,))
+    data = input_pipeline.load_eval_shard(config, split,
+                                          config.eval_batch_size // jax.process_count())
+    self._batches = EvalBatches(data, self._mesh, config.on_device)
+    self._step = make_main_branch_eval_step(config)
+    self._main_branch = peers.main_branch if peers.is_dml(config) else model_lib.main_branch
+
+  def run(self, variables: dict[str, Any], attention_temperature: float = 1.0
+          ) -> dict[str, float]:
+    """`evaluate`'s metrics of `variables` ({'params', 'batch_stats'} with the run axis; any
+    Siamese heads are left out) on the split."""
+    with progress.Progress(f'eval {self.split}', len(self._batches), unit='batch',
+                           leave=False) as bar:
+      return evaluate(self._step, self._main_branch(variables), bar.track(self._batches),
+                      self._mesh, attention_temperature)
 
 
 def _write(result: dict[str, Any], path: str) -> None:
+  """Process 0 writes `result` to `path`, whole or not at all."""
   if jax.process_index() == 0:
-    with open(path, 'w') as f:
-      json.dump(result, f, indent=2)
+    metrics.write_atomically(path, json.dumps(result, indent=2))
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, split: str | None = None,
@@ -164,9 +187,8 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, split: str
   config_checks.check_config(config, jax.device_count())
   split = split or config.eval_split
   meta, variables = checkpoint.restore_main_branch(workdir, config, which)
-  result = evaluate_variables(config, make_main_branch_eval_step(config), variables, split,
-                              meta['attention_temperature'])
-  result['step'] = meta['step']
+  result = Evaluator(config, split).run(variables, meta['attention_temperature'])
+  result.update(split=split, num_params=deployable_params(config, variables), step=meta['step'])
   _write(result, os.path.join(workdir, split_filename(
       split, 'best' if which == checkpoint.BEST else 'eval')))
   return result
@@ -185,8 +207,8 @@ def evaluate_export(config: ml_collections.ConfigDict, export_dir: str,
   data_config.update_from_flattened_dict(
       {field: config_checks.get_field(exported.config, field) for field in export_lib.MODEL_FIELDS})
   one_run = jax.tree_util.tree_map(lambda x: x[None], exported.variables)
-  result = evaluate_variables(data_config, make_main_branch_eval_step(exported.config),
-                              one_run, split, exported.attention_temperature)
-  result['step'] = exported.step
+  result = Evaluator(data_config, split).run(one_run, exported.attention_temperature)
+  result.update(split=split, num_params=deployable_params(data_config, one_run),
+                step=exported.step)
   _write(result, os.path.join(export_dir, split_filename(split)))
   return result

@@ -32,6 +32,7 @@ import numpy as np
 from absl import logging
 
 from sila_jax import config_checks
+from sila_jax import metrics
 from sila_jax import runs
 from sila_jax import train
 from sila_jax.errors import ConfigError
@@ -144,21 +145,19 @@ def _history(workdir: str, run: int, num_runs: int) -> dict[str, list[list[float
   """Run `run`'s training loss of the main head (comparable across arms, unlike the total)
   and validation accuracy by step, from the workdir's metrics: {'train_loss_main': [[step,
   value], ...], 'val_accuracy': [...]}."""
-  with open(os.path.join(workdir, train.METRICS)) as f:
-    records = [json.loads(line) for line in f if line.strip()]
-  prefix = f'run_{run}/' if num_runs > 1 else ''
-  return {'train_loss_main': [[r['step'], r[f'{prefix}loss_main']] for r in records
-                              if f'{prefix}loss_main' in r],
-          'val_accuracy': [[r['step'], r[f'val_{prefix}accuracy']] for r in records
-                           if f'val_{prefix}accuracy' in r]}
+  def series(kind: str, name: str) -> list[list[float]]:
+    name = runs.run_metric(name, run) if num_runs > 1 else name
+    return [[r['step'], r[name]] for r in metrics.read(workdir, kind) if name in r]
+  return {'train_loss_main': series(metrics.TRAIN, 'loss_main'),
+          'val_accuracy': series(metrics.VALIDATION, 'accuracy')}
 
 
-def _run_metrics(metrics: dict[str, float], run: int, num_runs: int) -> dict[str, float]:
+def _run_metrics(summary: dict[str, float], run: int, num_runs: int) -> dict[str, float]:
   """Run `run`'s values from metrics summarised by runs.summarize."""
   if num_runs == 1:
-    return metrics
-  prefix = f'run_{run}/'
-  return {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
+    return summary
+  prefix = runs.run_metric('', run)
+  return {k[len(prefix):]: v for k, v in summary.items() if k.startswith(prefix)}
 
 
 def train_group(members: list[Run], out: str) -> bool:
@@ -169,7 +168,7 @@ def train_group(members: list[Run], out: str) -> bool:
                ', '.join(f'{r.arm}/seed {r.seed}' for r in members))
   start = time.perf_counter()
   result = train.train_and_evaluate(config, workdir)
-  if result['status'] == 'preempted':
+  if result['status'] == 'stopped':
     return False
   seconds = time.perf_counter() - start
   for r, run in enumerate(members):
@@ -366,8 +365,8 @@ def run_grid(grid_path: str, out: str, overrides: dict[str, Any], *, dry_run: bo
     return []
   for members in [] if summarize_only else groups:
     if not train_group(members, out):
-      print(f'Stopped by SIGTERM; rerun the same command to resume ({out}). The summaries '
-            'hold the runs finished so far.')
+      print(f'Stopped by SIGTERM or Ctrl-C; rerun the same command to resume ({out}). The '
+            'summaries hold the runs finished so far.')
       break
   records = [r for r in (finished(run, out) for run in planned) if r is not None]
   if not records:
@@ -393,7 +392,7 @@ def run_grid(grid_path: str, out: str, overrides: dict[str, Any], *, dry_run: bo
 def main() -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from sila_jax.configs import default  # pylint: disable=g-import-not-at-top
   from sila_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from sila_jax import cli  # pylint: disable=g-import-not-at-top
 

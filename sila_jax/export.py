@@ -16,7 +16,7 @@ import flax
 import jax
 import ml_collections
 
-from configs import default
+from sila_jax.configs import default
 from sila_jax import checkpoint
 from sila_jax import config_checks
 from sila_jax import model as model_lib

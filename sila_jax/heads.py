@@ -46,7 +46,7 @@ def parse_attach(attach: str) -> int | None:
   """'features' -> None (final pooled features); 'stage<i>' -> 0-based stage index."""
   if attach == 'features':
     return None
-  if attach.startswith('stage') and attach[5:].isdigit() and int(attach[5:]) >= 1:
+  if attach.startswith('stage') and attach[5:].isdecimal() and int(attach[5:]) >= 1:
     return int(attach[5:]) - 1
   raise ValueError(f"sila.attach must be 'features' or 'stage<i>' (i >= 1), got {attach!r}.")
 

@@ -52,14 +52,15 @@ class SilaClassifier(nn.Module):
   peer_conv: str = 'sliced'
 
   @nn.compact
-  def __call__(self, images, train: bool, temperature=1.0):
-    """`temperature`: the attention temperature of dynamic convolutions (dy_* backbones).
+  def __call__(self, images, train: bool, attention_temperature=1.0):
+    """`attention_temperature`: that of dynamic convolutions' attention (dy_* backbones).
 
     Logits are float32 whatever `dtype` the model computes in: the losses' softmax and
     log-sum-exp need float32's range and precision.
     """
     if getattr(self.backbone, 'dynamic', False):
-      features, stages = self.backbone(images, train=train, temperature=temperature)
+      features, stages = self.backbone(images, train=train,
+                                       attention_temperature=attention_temperature)
     else:
       features, stages = self.backbone(images, train=train)
     logits = heads.ClassifierHead(self.num_classes, dtype=self.dtype, name='head')(features)

@@ -1,5 +1,5 @@
-"""SGD with momentum / Nesterov, weight decay on kernels only; learning-rate and temperature
-schedules."""
+"""SGD with momentum / Nesterov, weight decay on kernels only; learning-rate and
+attention-temperature schedules."""
 import jax
 import ml_collections
 import optax

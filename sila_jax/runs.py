@@ -19,6 +19,7 @@ import numpy as np
 FIELDS = {'seed': 'seed', 'sila_weight': 'sila.weight', 'sila_kl_weight': 'sila.kl_weight',
           'dml_weight': 'dml.weight', 'label_smoothing': 'label_smoothing',
           'loss_scale': 'loss_scale'}
+RUN_PREFIX = 'run_'  # Of every run's own metrics in a summary of several runs.
 
 
 def values(config: ml_collections.ConfigDict, name: str) -> tuple[Any, ...]:
@@ -92,6 +93,11 @@ def take(tree: Any, run: int) -> Any:
   return jax.tree_util.tree_map(lambda x: x[run], tree)
 
 
+def run_metric(name: str, run: int) -> str:
+  """The name of run `run`'s own value of metric `name` in a summary: 'run_<r>/<name>'."""
+  return f'{RUN_PREFIX}{run}/{name}'
+
+
 def summarize(per_run: dict[str, Any]) -> dict[str, float]:
   """{name: (R,) values} -> the means over runs under each name; with R > 1 also each run's
   value as 'run_<r>/<name>' and the sample standard deviation over runs as '<name>_std'."""
@@ -102,5 +108,5 @@ def summarize(per_run: dict[str, Any]) -> dict[str, float]:
     for name, value in per_run.items():
       summary[f'{name}_std'] = float(np.std(value, ddof=1))
     for r in range(num_runs):
-      summary.update({f'run_{r}/{name}': float(value[r]) for name, value in per_run.items()})
+      summary.update({run_metric(name, r): float(value[r]) for name, value in per_run.items()})
   return summary

@@ -61,7 +61,7 @@ def _dropout_rng(state: TrainState) -> jax.Array:
 def train_step(state: TrainState, batch: dict[str, jax.Array], run: dict[str, jax.Array], *,
                model: SilaClassifier,
                tx: optax.GradientTransformation, loss_fn: Callable, schedule: optax.Schedule,
-               temperature_schedule: optax.Schedule | None = None
+               attention_temperature_schedule: optax.Schedule | None = None
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One SGD step on this device's share of the batch, inside a `data` axis.
 
@@ -70,15 +70,16 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], run: dict[str, ja
     model: built with `bn_axis_name=AXIS` so BatchNorm statistics span all devices.
     loss_fn: (logits (b, C), siamese logits (K, b, C) | None, labels (b,), run) ->
       (loss, metrics); the gradient is that of run['loss_scale'] * loss.
-    temperature_schedule: step -> attention temperature, for dynamic-convolution models; it
-      is computed here from the step, so a resumed run continues the annealing exactly.
+    attention_temperature_schedule: step -> attention temperature, for dynamic-convolution
+      models; it is computed here from the step, so a resumed run continues the annealing
+      exactly.
   Returns:
     The new state (identical on every device) and metrics averaged over devices.
   """
   dropout_rng = _dropout_rng(state)
   extra = {}
-  if temperature_schedule is not None:
-    extra['temperature'] = temperature_schedule(state.step)
+  if attention_temperature_schedule is not None:
+    extra['attention_temperature'] = attention_temperature_schedule(state.step)
 
   def loss_and_aux(params):
     (logits, siamese_logits), updates = model.apply(
@@ -91,8 +92,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], run: dict[str, ja
   grads, (metrics, batch_stats) = jax.grad(loss_and_aux, has_aux=True)(state.params)
   grads, metrics = collectives.device_mean((grads, metrics), AXIS)
   metrics['learning_rate'] = schedule(state.step)
-  if temperature_schedule is not None:
-    metrics['attention_temperature'] = extra['temperature']
+  if attention_temperature_schedule is not None:
+    metrics['attention_temperature'] = extra['attention_temperature']
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                             batch_stats=batch_stats, opt_state=opt_state)
@@ -102,7 +103,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], run: dict[str, ja
 def peer_train_step(state: TrainState, batch: dict[str, jax.Array], run: dict[str, jax.Array],
                     *, groups: tuple[peers.Group, ...], tx: optax.GradientTransformation,
                     loss_fn: Callable, mimicry_temperature: float,
-                    schedule: optax.Schedule, temperature_schedule: optax.Schedule | None = None
+                    schedule: optax.Schedule,
+                    attention_temperature_schedule: optax.Schedule | None = None
                     ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One SGD step of K DML peers on this device's share of the batch, inside a `data` axis.
 
@@ -117,15 +119,17 @@ def peer_train_step(state: TrainState, batch: dict[str, jax.Array], run: dict[st
       'label': (b,) int32}.
   Returns:
     The new state and metrics averaged over devices: `loss` and the loss_fn parts averaged
-    over peers, `loss_mimicry`, `peer_<i>/loss` and `peer_<i>/accuracy`, and `accuracy`
-    (peer 0's).
+    over peers, `loss_mimicry`, `peer_<i>/loss` (peer i's objective), `peer_<i>/loss_main`
+    and `peer_<i>/accuracy`, and `accuracy` (peer 0's).
   """
-  temperature = 1.0 if temperature_schedule is None else temperature_schedule(state.step)
+  attention_temperature = (1.0 if attention_temperature_schedule is None
+                           else attention_temperature_schedule(state.step))
 
   def loss_and_aux(params):
     logits, siamese_logits, batch_stats = peers.apply(
         groups, {'params': params, 'batch_stats': state.batch_stats}, batch['image'],
-        train=True, rng=_dropout_rng(state), temperature=temperature)
+        train=True, rng=_dropout_rng(state),
+        attention_temperature=attention_temperature)
     peer_losses, peer_metrics = jax.vmap(loss_fn, in_axes=(0, 0, None, None))(
         logits, siamese_logits, batch['label'], run)
     mimicry = jnp.mean(losses.mimicry_loss(logits, mimicry_temperature), axis=1)
@@ -136,14 +140,15 @@ def peer_train_step(state: TrainState, batch: dict[str, jax.Array], run: dict[st
                    accuracy=accuracy[0])
     for i in range(logits.shape[0]):
       metrics[f'peer_{i}/loss'] = objectives[i]
+      metrics[f'peer_{i}/loss_main'] = peer_metrics['loss_main'][i]
       metrics[f'peer_{i}/accuracy'] = accuracy[i]
     return run['loss_scale'] * jnp.sum(objectives), (metrics, batch_stats)
 
   grads, (metrics, batch_stats) = jax.grad(loss_and_aux, has_aux=True)(state.params)
   grads, metrics = collectives.device_mean((grads, metrics), AXIS)
   metrics['learning_rate'] = schedule(state.step)
-  if temperature_schedule is not None:
-    metrics['attention_temperature'] = temperature
+  if attention_temperature_schedule is not None:
+    metrics['attention_temperature'] = attention_temperature
   params, opt_state = [], []
   for group_grads, group_opt_state, group_params in zip(grads, state.opt_state, state.params):
     updates, new_opt_state = jax.vmap(tx.update)(group_grads, group_opt_state, group_params)
@@ -166,16 +171,18 @@ def _loss_fn(config) -> Callable:
 
 def make_train_step(model: SilaClassifier, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, config,
-                    temperature_schedule: optax.Schedule | None = None) -> Callable:
+                    attention_temperature_schedule: optax.Schedule | None = None) -> Callable:
   """`train_step` bound to a model, optimizer, schedules and the loss settings of `config`."""
   return functools.partial(train_step, model=model, tx=tx, loss_fn=_loss_fn(config),
-                           schedule=schedule, temperature_schedule=temperature_schedule)
+                           schedule=schedule,
+                           attention_temperature_schedule=attention_temperature_schedule)
 
 
 def make_peer_train_step(groups: tuple[peers.Group, ...], tx: optax.GradientTransformation,
                          schedule: optax.Schedule, config,
-                         temperature_schedule: optax.Schedule | None = None) -> Callable:
+                         attention_temperature_schedule: optax.Schedule | None = None
+                         ) -> Callable:
   """`peer_train_step` bound to peer groups, optimizer, schedules and `config`'s losses."""
   return functools.partial(peer_train_step, groups=groups, tx=tx, loss_fn=_loss_fn(config),
                            mimicry_temperature=config.dml.temperature, schedule=schedule,
-                           temperature_schedule=temperature_schedule)
+                           attention_temperature_schedule=attention_temperature_schedule)

@@ -7,7 +7,7 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-from configs import default  # noqa: E402
+from sila_jax.configs import default  # noqa: E402
 from tests.folders import make_folder  # noqa: E402
 
 

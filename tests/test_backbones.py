@@ -112,7 +112,7 @@ def test_dynamic_output_shapes(name):
   backbone = backbones.create_backbone(name, width=0.25)
   images = jnp.ones((2, 32, 32, 3))
   variables = backbone.init(jax.random.PRNGKey(0), images, train=False)
-  features, stages = backbone.apply(variables, images, train=False, temperature=30.0)
+  features, stages = backbone.apply(variables, images, train=False, attention_temperature=30.0)
   chex.assert_shape(features, (2, backbones.scaled(features_dim, 0.25)))
   assert len(stages) == num_stages
   chex.assert_shape(stages[-1], (2, last_size, last_size, features.shape[-1]))
@@ -120,10 +120,10 @@ def test_dynamic_output_shapes(name):
 
 
 @pytest.mark.parametrize('name, changes', [('dy_resnet20', True), ('resnet20', False)])
-def test_temperature_changes_only_dynamic_backbones(name, changes):
+def test_attention_temperature_changes_only_dynamic_backbones(name, changes):
   backbone = backbones.create_backbone(name, width=0.25)
   images = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
   variables = backbone.init(jax.random.PRNGKey(1), images, train=False)
-  cool, hot = (backbone.apply(variables, images, train=False, temperature=t)[0]
+  cool, hot = (backbone.apply(variables, images, train=False, attention_temperature=t)[0]
                for t in (1.0, 30.0))
   assert bool(jnp.any(jnp.abs(cool - hot) > 1e-4)) == changes

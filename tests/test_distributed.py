@@ -22,6 +22,7 @@ import pytest
 from sila_jax import config_checks
 from sila_jax import distributed
 from sila_jax import input_pipeline
+from sila_jax import metrics
 from sila_jax import train
 from sila_jax.errors import ConfigError
 from tests.test_faults import ROOT, largest_file, logged_steps, saved_state, saved_steps
@@ -105,9 +106,10 @@ def finish(processes, log_prefix) -> list[str]:
   return outputs
 
 
-def records(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [{k: v for k, v in json.loads(line).items() if k not in train.TIMINGS} for line in f]
+def records(workdir, kind=None):
+  """metrics.jsonl's records (of type `kind` if given) without the machine's timings."""
+  return [{k: v for k, v in r.items() if k not in train.TIMINGS}
+          for r in metrics.read(workdir, kind)]
 
 
 def assert_same_state(got, expected, **tolerance):
@@ -141,22 +143,24 @@ def test_two_processes_train_evaluate_stop_and_resume_as_one_run(data_dir, tmp_p
 
   # Process 0 alone logs and writes metrics (each step once); validation sees all 9 images.
   assert '2 processes, 4 devices, 2 in this process' in open(tmp_path / 'two.0.log').read()
-  assert 'step 1 ' not in open(tmp_path / 'two.1.log').read()
+  logs = [open(tmp_path / f'two.{i}.log').read() for i in (0, 1)]
+  assert [log.count('| train  ') for log in logs] == [STEPS, 0]
+  assert [log.count('| validation  ') for log in logs] == [2, 0]
   assert logged_steps(two) == list(range(1, STEPS + 1))
   two_records = records(two)
-  validations = [r for r in two_records if 'val_accuracy' in r]
-  assert [(r['step'], r['val_num_examples']) for r in validations] == [(6, 9), (12, 9)]
+  validations = records(two, metrics.VALIDATION)
+  assert [(r['step'], r['num_examples']) for r in validations] == [(6, 9), (12, 9)]
 
   # One process with 4 devices sees the same global batches (device d reads shard d) and
   # ends with exactly the same state, training metrics included. Validation sums its losses
   # with XLA's all-reduce, whose order is the runtime's: the same up to rounding.
   assert_same_state(saved_state(two, STEPS), saved_state(one, STEPS))
-  one_records = records(one)
-  assert [r for r in two_records if 'loss' in r] == [r for r in one_records if 'loss' in r]
-  assert ([(r['step'], r['val_accuracy']) for r in validations]
-          == [(r['step'], r['val_accuracy']) for r in one_records if 'val_accuracy' in r])
-  np.testing.assert_allclose([r['val_loss'] for r in validations],
-                             [r['val_loss'] for r in one_records if 'val_loss' in r], rtol=1e-6)
+  assert records(two, metrics.TRAIN) == records(one, metrics.TRAIN)
+  one_validations = records(one, metrics.VALIDATION)
+  assert ([(r['step'], r['accuracy']) for r in validations]
+          == [(r['step'], r['accuracy']) for r in one_validations])
+  np.testing.assert_allclose([r['loss'] for r in validations],
+                             [r['loss'] for r in one_validations], rtol=1e-6)
 
   # SIGTERM reached process 1 only; both saved the same step and exited 0.
   stopped = saved_steps(resumed)[-1]
@@ -180,8 +184,8 @@ def test_two_processes_train_evaluate_stop_and_resume_as_one_run(data_dir, tmp_p
   with open(os.path.join(two, 'eval_train_-3.json')) as f:
     result = json.load(f)
   assert (result['step'], result['num_examples']) == (STEPS, 9)
-  assert result['accuracy'] == validations[-1]['val_accuracy']
-  np.testing.assert_allclose(result['loss'], validations[-1]['val_loss'], rtol=1e-6)
+  assert result['accuracy'] == validations[-1]['accuracy']
+  np.testing.assert_allclose(result['loss'], validations[-1]['loss'], rtol=1e-6)
 
   log = open(tmp_path / 'resume.0.log').read()
   assert f'Checkpoint at step {stopped} is corrupt' in log

@@ -16,14 +16,14 @@ def images(batch=3, size=9, channels=C_IN, seed=0):
   return jax.random.normal(jax.random.PRNGKey(seed), (batch, size, size, channels))
 
 
-def init(layer, x, temperature=1.0):
-  return layer.init(jax.random.PRNGKey(1), x, temperature)['params']
+def init(layer, x, attention_temperature=1.0):
+  return layer.init(jax.random.PRNGKey(1), x, attention_temperature)['params']
 
 
-def attention_weights(params, x, temperature):
+def attention_weights(params, x, attention_temperature):
   """(B, K) weights the layer with `params` gives the samples of x."""
   attention = dynamic_conv.DynamicAttention(K, max(x.shape[-1] // 4, 4))
-  return attention.apply({'params': params['attention']}, x, temperature)
+  return attention.apply({'params': params['attention']}, x, attention_temperature)
 
 
 def static_conv(x, kernel, strides=1):
@@ -32,22 +32,23 @@ def static_conv(x, kernel, strides=1):
                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
-def aggregated_kernels(params, x, temperature):
+def aggregated_kernels(params, x, attention_temperature):
   """(B, kh, kw, C_in, C_out): each sample's attention-weighted kernel."""
-  return jnp.einsum('bk,k...->b...', attention_weights(params, x, temperature), params['kernel'])
+  return jnp.einsum('bk,k...->b...', attention_weights(params, x, attention_temperature),
+                    params['kernel'])
 
 
-@pytest.mark.parametrize('temperature', [0.1, 1.0, 30.0])
-def test_attention_weights_are_a_distribution_per_sample(temperature):
+@pytest.mark.parametrize('attention_temperature', [0.1, 1.0, 30.0])
+def test_attention_weights_are_a_distribution_per_sample(attention_temperature):
   x = images()
   params = init(dynamic_conv.DynamicConv(C_OUT), x)
-  weights = attention_weights(params, x, temperature)
+  weights = attention_weights(params, x, attention_temperature)
   chex.assert_shape(weights, (3, K))
   assert jnp.all(weights >= 0)
   chex.assert_trees_all_close(weights.sum(axis=-1), jnp.ones(3), atol=1e-6)
 
 
-def test_attention_is_near_uniform_at_high_temperature():
+def test_attention_is_near_uniform_at_high_attention_temperature():
   x = images()
   params = init(dynamic_conv.DynamicConv(C_OUT), x)
   chex.assert_trees_all_close(attention_weights(params, x, 1e6), jnp.full((3, K), 1 / K),
@@ -55,7 +56,7 @@ def test_attention_is_near_uniform_at_high_temperature():
   assert jnp.max(jnp.abs(attention_weights(params, x, 1.0) - 1 / K)) > 1e-3
 
 
-def test_traced_temperature_matches_python_float():
+def test_traced_attention_temperature_matches_python_float():
   x = images()
   layer = dynamic_conv.DynamicConv(C_OUT)
   variables = {'params': init(layer, x)}
@@ -68,7 +69,7 @@ def test_uniform_attention_is_a_static_conv_with_the_mean_kernel(strides):
   x = images(size=8)
   layer = dynamic_conv.DynamicConv(C_OUT, strides=strides)
   params = init(layer, x)
-  # A zero last Dense gives zero logits: uniform weights at any temperature.
+  # A zero last Dense gives zero logits: uniform weights at any attention temperature.
   params['attention']['Dense_1'] = jax.tree.map(jnp.zeros_like, params['attention']['Dense_1'])
   expected = static_conv(x, params['kernel'].mean(axis=0), strides)
   chex.assert_trees_all_close(layer.apply({'params': params}, x, 1.0), expected, atol=1e-5)

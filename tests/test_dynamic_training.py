@@ -1,4 +1,5 @@
-"""DY-ResNets in training: the annealed temperature in the jitted step, devices, export, eval."""
+"""DY-ResNets in training: the annealed attention temperature in the jitted step, devices,
+export, eval."""
 import chex
 import jax
 import numpy as np
@@ -22,7 +23,7 @@ def dy_config(tiny_config):
   return tiny_config
 
 
-def test_temperature_anneals_linearly_to_one(dy_config):
+def test_attention_temperature_anneals_linearly_to_one(dy_config):
   tau = optimizer_lib.attention_temperature_schedule(dy_config, steps_per_epoch=10)
   np.testing.assert_allclose([tau(0), tau(10), tau(20), tau(500)], [30.0, 15.5, 1.0, 1.0],
                              rtol=1e-6)
@@ -31,7 +32,7 @@ def test_temperature_anneals_linearly_to_one(dy_config):
   assert tau(0) == tau(7) == 1.0
 
 
-def test_the_step_uses_the_temperature_of_its_step_number(dy_config):
+def test_the_step_uses_the_attention_temperature_of_its_step_number(dy_config):
   model, tx, schedule, state = setup(dy_config)
   tau = optimizer_lib.attention_temperature_schedule(dy_config, steps_per_epoch=1)
   step_fn = every_run(train_step_lib.make_train_step(model, tx, schedule, dy_config, tau),
@@ -40,12 +41,12 @@ def test_the_step_uses_the_temperature_of_its_step_number(dy_config):
   annealed, metrics = run(parallel, state, batches(2))
   # Metrics of the one run.
   np.testing.assert_allclose([m['attention_temperature'][0] for m in metrics], [30.0, 15.5])
-  # Resuming from the state after one step continues with that step's temperature.
+  # Resuming from the state after one step continues with that step's attention temperature.
   after_one, _ = run(parallel, state, batches(1))
   resumed, resumed_metrics = run(parallel, after_one, batches(2)[1:])
   np.testing.assert_allclose(resumed_metrics[0]['attention_temperature'], [15.5])
   chex.assert_trees_all_equal(resumed, annealed)
-  # And the temperature matters: at a constant 1 the same steps end elsewhere.
+  # And the attention temperature matters: at a constant 1 the same steps end elsewhere.
   constant = parallel_lib.ShardMapParallel(
       every_run(train_step_lib.make_train_step(model, tx, schedule, dy_config), dy_config),
       jax.devices()[:1])

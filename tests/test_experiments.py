@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from configs.grids import smoke
+from sila_jax.configs.grids import smoke
 from sila_jax import experiments
 from sila_jax.errors import ConfigError
 from tests.test_faults import ROOT

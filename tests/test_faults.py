@@ -19,6 +19,7 @@ import pytest
 
 from sila_jax import checkpoint
 from sila_jax import evaluate
+from sila_jax import metrics
 from sila_jax import model as model_lib
 from sila_jax import optimizer as optimizer_lib
 from sila_jax import train
@@ -54,12 +55,14 @@ def launch(script, workdir, overrides, log_path):
 
 
 def logged_steps(workdir):
-  path = os.path.join(workdir, 'metrics.jsonl')
+  """Steps of the training records in metrics.jsonl so far. Not metrics.read: the file is
+  read while a running process appends to it, so a last line may be cut off."""
+  path = os.path.join(workdir, metrics.FILE)
   if not os.path.exists(path):
     return []
   with open(path) as f:
     records = [json.loads(line) for line in f if line.endswith('\n')]  # Whole lines only.
-  return [r['step'] for r in records if 'loss' in r]
+  return [r['step'] for r in records if r['type'] == metrics.TRAIN]
 
 
 def saved_steps(workdir):
@@ -122,10 +125,10 @@ def test_killed_and_preempted_run_ends_bit_for_bit_like_an_uninterrupted_one(dat
   for path in expected:  # Parameters, BatchNorm statistics, optimizer state, step, RNG.
     np.testing.assert_array_equal(got[path], expected[path], err_msg=path)
   assert logged_steps(workdir) == list(range(1, 31))  # Lost steps were redone once each.
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f, \
-       open(os.path.join(reference_dir, 'metrics.jsonl')) as g:
-    drop_speed = lambda r: {k: v for k, v in json.loads(r).items() if k not in train.TIMINGS}
-    assert [drop_speed(r) for r in f] == [drop_speed(r) for r in g]
+  assert [r['step'] for r in metrics.read(workdir, metrics.VALIDATION)] == [10, 20, 30]
+  drop_speed = lambda r: {k: v for k, v in r.items() if k not in train.TIMINGS}
+  assert ([drop_speed(r) for r in metrics.read(workdir)]
+          == [drop_speed(r) for r in metrics.read(reference_dir)])
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from sila_jax import checkpoint
 from sila_jax import evaluate
 from sila_jax import export
 from sila_jax import losses
+from sila_jax import metrics
 from sila_jax import model as model_lib
 from sila_jax import optimizer as optimizer_lib
 from sila_jax import parallel as parallel_lib
@@ -197,9 +198,10 @@ def test_one_peer_is_single_training_bit_for_bit(tiny_config, tmp_path):
                               final_state(one_peer, str(tmp_path / 'dml')))
 
   def records(run):
-    return [{k: v for k, v in json.loads(line).items() if k not in train.TIMINGS}
-            for line in open(tmp_path / run / 'metrics.jsonl')]
+    return [{k: v for k, v in r.items() if k not in train.TIMINGS}
+            for r in metrics.read(str(tmp_path / run))]
   assert records('dml') == records('single')
+  assert {r['type'] for r in records('single')} == {metrics.TRAIN, metrics.VALIDATION}
 
 
 @pytest.fixture

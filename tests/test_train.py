@@ -1,17 +1,23 @@
 """train_and_evaluate and evaluation end to end, and the CLIs."""
 import json
 import os
+import re
 import subprocess
 import sys
 
+import jax
 import pytest
+from PIL import Image
 
 from sila_jax import checkpoint
 from sila_jax import evaluate
 from sila_jax import export
+from sila_jax import metrics
 from sila_jax import model as model_lib
+from sila_jax import plot
 from sila_jax import train
 from sila_jax.errors import DataError
+from tests import test_metrics
 from tests.folders import make_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,8 +46,37 @@ def test_training_logs_checkpoints_and_validates(trained):
           'images_per_sec', 'input_wait'} <= set(result['train'])
   assert result['val']['num_examples'] == 40  # Every validation example, once.
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2', '3']
-  records = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
-  assert [r['step'] for r in records if 'loss' in r] == [1, 2, 3]
+  assert [r['step'] for r in metrics.read(workdir, metrics.TRAIN)] == [1, 2, 3]
+  # 40 images in batches of 16: validation after each epoch (2 steps) and the last step.
+  assert [r['step'] for r in metrics.read(workdir, metrics.VALIDATION)] == [2, 3]
+
+
+def test_tensorboard_reads_the_values_of_metrics_jsonl(trained):
+  _, workdir, _ = trained
+  test_metrics.assert_same_scalars(workdir)
+
+
+def test_run_json_describes_the_run(trained):
+  config, workdir, _ = trained
+  described = json.load(open(os.path.join(workdir, train.RUN_DESCRIPTION)))
+  assert described['config'] == json.loads(json.dumps(config.to_dict()))
+  assert described['devices'] == {'platform': 'cpu', 'kind': jax.devices()[0].device_kind,
+                                  'count': 8, 'processes': 1}
+  assert described['packages']['jax'] == jax.__version__
+  assert described['command'] == sys.argv and described['start_step'] == 0
+
+
+def test_plot_draws_the_runs_curves(trained, tmp_path):
+  _, workdir, _ = trained
+  out = str(tmp_path / 'curves.png')
+  plot.main([workdir, '--out', out])
+  drawn = plot.curves([workdir])
+  train_records = metrics.read(workdir, metrics.TRAIN)
+  assert drawn['loss']['train'] == ([1, 2, 3], [r['loss_main'] for r in train_records])
+  assert drawn['accuracy']['validation'] == (
+      [2, 3], [r['accuracy'] for r in metrics.read(workdir, metrics.VALIDATION)])
+  with Image.open(out) as png:
+    assert png.format == 'PNG' and png.size[0] > 400
 
 
 def test_eval_uses_the_plain_models_parameters(trained):
@@ -80,8 +115,7 @@ def test_best_checkpoint_is_kept_besides_the_newest(tiny_config, tmp_path):
   train.train_and_evaluate(tiny_config, workdir)
   best = evaluate.evaluate_workdir(tiny_config, workdir, which=checkpoint.BEST)
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['5', '6']
-  records = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
-  accuracies = {r['step']: r['val_accuracy'] for r in records if 'val_accuracy' in r}
+  accuracies = {r['step']: r['accuracy'] for r in metrics.read(workdir, metrics.VALIDATION)}
   first_best = max(accuracies, key=lambda step: (accuracies[step], -step))
   assert os.listdir(os.path.join(workdir, 'best')) == [str(first_best)]
   assert best['step'] == first_best and best['accuracy'] == accuracies[first_best]
@@ -92,8 +126,7 @@ def test_rerun_resumes_from_the_latest_checkpoint(trained):
   config.num_train_steps = 4
   result = train.train_and_evaluate(config, workdir)
   assert result['step'] == 4
-  records = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
-  assert [r['step'] for r in records if 'loss' in r] == [1, 2, 3, 4]
+  assert [r['step'] for r in metrics.read(workdir, metrics.TRAIN)] == [1, 2, 3, 4]
 
 
 def test_label_count_must_match_the_dataset(tiny_config, tmp_path):
@@ -131,7 +164,10 @@ def test_command_line_train_rerun_eval_export_without_tensorflow(tmp_path):
 
   trained = run('train.py', f'--workdir={workdir}')
   assert trained.returncode == 0, trained.stderr[-3000:]
-  assert 'val accuracy' in trained.stderr
+  # Piped, the progress is log lines (no bar redrawn with \r), each with the ETA.
+  assert '\r' not in trained.stdout + trained.stderr
+  assert re.search(r'train 2/2 \(100%\) elapsed \d\d:\d\d, ETA 00:00 \| validation  accuracy',
+                   trained.stderr), trained.stderr[-3000:]
   again = run('train.py', f'--workdir={workdir}')
   assert again.returncode == 0, again.stderr[-3000:]
   assert 'the run is already complete at step 2; nothing was retrained' in again.stdout

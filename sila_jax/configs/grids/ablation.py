@@ -6,7 +6,7 @@ In twin SiLa the Siamese head soon tracks the main head, so the backbone gets ab
 1 + lambda = 2 (for SGD with momentum, learning rate x 2 and weight decay / 2): if twin_1
 beats plain but not plain_x2, the gain is the step size's, not the Siamese label's.
 """
-from configs.grids import recipe
+from sila_jax.configs.grids import recipe
 
 
 def get_grid():

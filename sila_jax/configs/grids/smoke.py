@@ -3,7 +3,7 @@
 Not evidence. The two arms differ in the loss's structure, so they train as two computations
 of two runs each: python -m sila_jax.experiments --grid=configs/grids/smoke.py --out=/tmp/smoke
 """
-from configs import cifar10_folder
+from sila_jax.configs import cifar10_folder
 
 
 def get_grid():

@@ -7,7 +7,7 @@ step. The budget is what this project's 2-core CPU affords for every arm x 3 see
 smaller batch giving more updates for the images; lr 0.05, linearly scaled from 0.1 at 128.
 On a GPU, experiments/device_grid.sh passes a real budget as --config overrides.
 """
-from configs import cifar10_folder
+from sila_jax.configs import cifar10_folder
 
 CPU_STEPS = 200
 SEEDS = (0, 1, 2)

@@ -24,7 +24,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.width = 1.0  # Multiplies every channel count.
   config.dropout_rate = 0.0  # Wide ResNets only.
   # Dynamic convolution (dy_* models): K kernels mixed per sample by an attention whose
-  # softmax temperature anneals linearly from tau_start to 1 over tau_epochs.
+  # softmax temperature (the attention temperature) anneals linearly from tau_start to 1
+  # over tau_epochs.
   config.dynamic = ml_collections.ConfigDict()
   config.dynamic.num_kernels = 4
   config.dynamic.tau_start = 30.0

@@ -3,7 +3,7 @@
 Batch 512 with the learning rate scaled linearly from 0.1 at 128; validation on the
 class-balanced last 500 images of every class (cifar10_folder.py).
 """
-from configs import cifar10_folder
+from sila_jax.configs import cifar10_folder
 
 
 def get_config():

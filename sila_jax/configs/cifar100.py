@@ -1,5 +1,5 @@
 """ResNet-20 with one twin Siamese head on TFDS CIFAR-100, 200 epochs."""
-from configs import default
+from sila_jax.configs import default
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """The compression claim (SILA.md): a half-width ResNet-20 trained with SiLa against the
 half-width and the full-width plain ResNet-20."""
-from configs.grids import recipe
+from sila_jax.configs.grids import recipe
 
 
 def get_grid():

@@ -2,7 +2,7 @@
 
 Holds out the last 500 images of every class for validation (45k / 5k, class-balanced).
 """
-from configs import default
+from sila_jax.configs import default
 
 
 def get_config():

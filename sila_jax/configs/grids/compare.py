@@ -3,7 +3,7 @@
 Arms with sila.weight = 0 (twin loss, kl_weight 0) are the plain models (their Siamese
 heads receive no gradient), so each pair below trains as one computation. DML runs report peer 0's accuracy.
 """
-from configs.grids import recipe
+from sila_jax.configs.grids import recipe
 
 
 def get_grid():

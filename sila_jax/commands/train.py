@@ -1,0 +1,43 @@
+"""Train a SiLa model: sila-train --config=configs/cifar10.py --workdir=/tmp/run.
+
+SIGTERM or a first Ctrl-C saves a checkpoint and stops (exit status 0, or 130 for Ctrl-C);
+the same command resumes. A second Ctrl-C stops at once.
+"""
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+from sila_jax import checkpoint
+from sila_jax import cli
+from sila_jax import distributed
+from sila_jax import train
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Configuration file.',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def _main(argv):
+  del argv
+  distributed.initialize(_CONFIG.value.distributed)  # Before any device is touched.
+  checkpoint.quiet_orbax_logs()
+  result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  if result['status'] == 'complete':
+    print(f'{_WORKDIR.value}: the run is already complete at step {result["step"]}; '
+          'nothing was retrained.')
+  elif result['status'] == 'stopped':
+    print(f'{_WORKDIR.value}: stopped by {result["stopped_by"]} after saving step '
+          f'{result["step"]}; run the same command to resume.')
+    if result['stopped_by'] == 'Ctrl-C':
+      sys.exit(cli.INTERRUPTED)
+
+
+def main() -> None:
+  """`sila-train` and `python train.py`."""
+  cli.run(_main)
+
+
+if __name__ == '__main__':
+  main()

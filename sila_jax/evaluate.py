@@ -167,10 +167,16 @@ class Evaluator:
                       self._mesh, attention_temperature)
 
 
-def _write(result: dict[str, Any], path: str) -> None:
-  """Process 0 writes `result` to `path`, whole or not at all."""
+def _evaluate_and_write(config: ml_collections.ConfigDict, split: str,
+                        variables: dict[str, Any], attention_temperature: float, step: int,
+                        path: str) -> dict[str, Any]:
+  """The Evaluator's metrics of `variables` (run axis first) on `split`, with split,
+  num_params and step; process 0 writes them to `path`, whole or not at all."""
+  result = Evaluator(config, split).run(variables, attention_temperature)
+  result.update(split=split, num_params=deployable_params(config, variables), step=step)
   if jax.process_index() == 0:
     metrics.write_atomically(path, json.dumps(result, indent=2))
+  return result
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, split: str | None = None,
@@ -187,11 +193,9 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, split: str
   config_checks.check_config(config, jax.device_count())
   split = split or config.eval_split
   meta, variables = checkpoint.restore_main_branch(workdir, config, which)
-  result = Evaluator(config, split).run(variables, meta['attention_temperature'])
-  result.update(split=split, num_params=deployable_params(config, variables), step=meta['step'])
-  _write(result, os.path.join(workdir, split_filename(
-      split, 'best' if which == checkpoint.BEST else 'eval')))
-  return result
+  return _evaluate_and_write(config, split, variables, meta['attention_temperature'],
+                             meta['step'], os.path.join(workdir, split_filename(
+                                 split, 'best' if which == checkpoint.BEST else 'eval')))
 
 
 def evaluate_export(config: ml_collections.ConfigDict, export_dir: str,
@@ -207,8 +211,5 @@ def evaluate_export(config: ml_collections.ConfigDict, export_dir: str,
   data_config.update_from_flattened_dict(
       {field: config_checks.get_field(exported.config, field) for field in export_lib.MODEL_FIELDS})
   one_run = jax.tree_util.tree_map(lambda x: x[None], exported.variables)
-  result = Evaluator(data_config, split).run(one_run, exported.attention_temperature)
-  result.update(split=split, num_params=deployable_params(data_config, one_run),
-                step=exported.step)
-  _write(result, os.path.join(export_dir, split_filename(split)))
-  return result
+  return _evaluate_and_write(data_config, split, one_run, exported.attention_temperature,
+                             exported.step, os.path.join(export_dir, split_filename(split)))

@@ -16,6 +16,7 @@ from typing import Sequence
 from matplotlib.figure import Figure
 
 from sila_jax import metrics
+from sila_jax import runs
 from sila_jax.errors import DataError, UserError
 
 PANELS = ('loss', 'accuracy')
@@ -23,7 +24,7 @@ TITLES = {'loss': "cross-entropy of the main head", 'accuracy': 'accuracy'}
 # The names of one run's (and one peer's) curve: 'loss_main' (training) or 'loss'
 # (validation), 'peer_1/accuracy', 'run_2/ensemble/loss', ...; not '<name>_std' or
 # 'learning_rate'.
-_CURVE = re.compile(r'(?:(?P<run>run_\d+)/)?(?:(?P<peer>peer_\d+|ensemble)/)?'
+_CURVE = re.compile(rf'(?:(?P<run>{runs.RUN_PREFIX}\d+)/)?(?:(?P<peer>peer_\d+|ensemble)/)?'
                     r'(?:(?P<loss>loss)|accuracy)(?P<main>_main)?')
 
 Curves = dict[str, dict[str, tuple[list[int], list[float]]]]

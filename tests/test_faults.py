@@ -2,7 +2,6 @@
 
 The process tests run train.py / eval.py as real subprocesses on 2 fake CPU devices.
 """
-import json
 import logging
 import os
 import re
@@ -55,14 +54,9 @@ def launch(script, workdir, overrides, log_path):
 
 
 def logged_steps(workdir):
-  """Steps of the training records in metrics.jsonl so far. Not metrics.read: the file is
-  read while a running process appends to it, so a last line may be cut off."""
-  path = os.path.join(workdir, metrics.FILE)
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    records = [json.loads(line) for line in f if line.endswith('\n')]  # Whole lines only.
-  return [r['step'] for r in records if r['type'] == metrics.TRAIN]
+  """Steps of the training records in metrics.jsonl so far (read while a running process
+  appends to it: metrics.read leaves out a last line cut off)."""
+  return [r['step'] for r in metrics.read(workdir, metrics.TRAIN)]
 
 
 def saved_steps(workdir):

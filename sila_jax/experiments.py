@@ -76,13 +76,19 @@ def load_grid(path: str) -> dict[str, Any]:
     grid = module.get_grid()
   except Exception as e:  # A grid file is user code: report its mistake in one line.
     raise ConfigError(f'{path}: {type(e).__name__}: {e}') from e
+  return check_grid(grid, path)
+
+
+def check_grid(grid: dict[str, Any], where: str) -> dict[str, Any]:
+  """`grid` (as a grid file's get_grid() returns it), if well formed; `where` names it in
+  the error."""
   unknown = set(grid) - GRID_KEYS
   if unknown or not {'config', 'arms', 'seeds'} <= set(grid):
-    raise ConfigError(f'{path}: get_grid() must return config, arms and seeds (and optionally '
+    raise ConfigError(f'{where}: a grid holds config, arms and seeds (and optionally '
                       f'baselines, caption); got {sorted(grid)}.')
   missing = [b for b in grid.get('baselines', ()) if b not in grid['arms']]
   if missing:
-    raise ConfigError(f'{path}: baselines {missing} are not arms ({", ".join(grid["arms"])}).')
+    raise ConfigError(f'{where}: baselines {missing} are not arms ({", ".join(grid["arms"])}).')
   return grid
 
 
@@ -368,14 +374,25 @@ def run_grid(grid_path: str, out: str, overrides: dict[str, Any], *, dry_run: bo
       print(f'Stopped by SIGTERM or Ctrl-C; rerun the same command to resume ({out}). The '
             'summaries hold the runs finished so far.')
       break
+  command = 'python -m sila_jax.experiments ' + ' '.join(
+      arg for arg in sys.argv[1:] if arg != '--summarize')  # The command that trains them.
+  return write_summaries(grid, planned, out, command,
+                         grid.get('caption', os.path.basename(grid_path)))
+
+
+def write_summaries(grid: dict[str, Any], planned: list[Run], out: str, command: str,
+                    title: str) -> list[dict[str, Any]]:
+  """Writes runs.csv, summary.csv, summary.md, accuracy.png and curves.png to `out` from the
+  finished runs of `planned`; returns the summary rows ([] if none has finished).
+
+  `command` is the one that trains the runs; `title` opens the caption.
+  """
   records = [r for r in (finished(run, out) for run in planned) if r is not None]
   if not records:
     return []
   rows = summarize(grid, records)
   steps = records[0]['step']
-  command = 'python -m sila_jax.experiments ' + ' '.join(
-      arg for arg in sys.argv[1:] if arg != '--summarize')  # The command that trains them.
-  caption = (f"{grid.get('caption', os.path.basename(grid_path))}\n\n"
+  caption = (f"{title}\n\n"
              f"Budget: {recipe(planned[0].config, steps)}; seeds "
              f"{', '.join(map(str, grid['seeds']))}; validation accuracy after the last step, "
              f"mean ± sample std over seeds (n: seeds finished). Command: `{command}`.")

@@ -4,21 +4,24 @@
 #   bash benchmarks/device_check.sh [--quick] [--out_dir DIR]
 #
 # Runs on the accelerator image with only what travels with the checkout (ignored folders
-# .device_wheels/ and .device_data/; benchmarks/device_env.sh says how to fill them). It
-# records the machine, prints the throughput table (benchmarks.throughput, the cells that
-# fit in 150 s), trains plain and SiLa ResNet-20 with configs/cifar10_fast.py (validation
-# accuracy and wall time), times the alternative kernel forms (benchmarks.kernels), then
-# trains ResNet-18 if time is left. Everything goes to DIR: by default $OUT when set (the
-# device tool's folder that comes back), else results/device/<date>-<device>/.
-# --quick runs every stage on CPU in about a minute, on generated data (the test suite does).
+# .device_wheels/ and .device_data/, which `bash benchmarks/device_prepare.sh` fills; without
+# them it stops in one line saying so). It records the machine, prints the throughput table
+# (benchmarks.throughput, the cells that fit in 150 s), trains plain and SiLa ResNet-20 with
+# configs/cifar10_fast.py (validation accuracy and wall time), times the alternative kernel
+# forms (benchmarks.kernels), then trains ResNet-18 if time is left. Everything goes to DIR: by
+# default $OUT when set (the device tool's folder that comes back), else
+# results/device/<date>-<device>/.
+# --quick runs every stage on CPU in about a minute, on generated data (the test suite does),
+# into a new folder outside the checkout unless DIR is given: the checkout stays as it was.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source benchmarks/device_env.sh  # Parses --quick and --out_dir, sets up the machine.
-out_dir=${out_dir:-${OUT:-results/device/$(date +%Y-%m-%d)-$slug}}
+device_options='--quick --out_dir'
+source benchmarks/device_env.sh  # Parses them, checks what was carried, sets up the machine.
+out_dir=${out_dir:-$(default_out_dir)}
 mkdir -p "$out_dir"
 log="$out_dir/log.txt"
 exec > >(tee "$log") 2>&1
-echo "== device check on $device ($(date -u +%FT%TZ)), quick=$quick"
+echo "== device check on $device ($(date -u +%FT%TZ)), commit $commit, quick=$quick, into $out_dir"
 
 # 1. The machine.
 stage 'machine'

@@ -41,7 +41,7 @@ def measure(name: str, batch_size: int, steps: int, width: float) -> dict[str, f
   flops = forward.lower(variables, batch['image']).compile().cost_analysis()['flops']
 
   parallel = parallel_lib.ShardMapParallel(
-      runs.vmap_step(train_step_lib.make_train_step(model, tx, schedule, config, tau), config,
+      runs.vmap_step(train_step_lib.make_train_step(model, schedule, config, tau), config,
                      batch_axis=None), jax.devices()[:1])
   return dict(params=model_lib.count_params(variables['params']), flops=flops,
               images_per_s=batch_size / timing.median_step_seconds(parallel, state, batch, steps))

@@ -43,11 +43,11 @@ def config_parallel(config, devices: Sequence[jax.Device]
   if peers.is_dml(config):
     groups = peers.create_groups(config, bn_axis_name=train_step_lib.AXIS)
     create = lambda key: train_step_lib.create_peer_train_state(groups, tx, key, image_shape)
-    step_fn = train_step_lib.make_peer_train_step(groups, tx, schedule, config)
+    step_fn = train_step_lib.make_peer_train_step(groups, schedule, config)
   else:
     model = model_lib.create_model(config, bn_axis_name=train_step_lib.AXIS)
     create = lambda key: train_step_lib.create_train_state(model, tx, key, image_shape)
-    step_fn = train_step_lib.make_train_step(model, tx, schedule, config)
+    step_fn = train_step_lib.make_train_step(model, schedule, config)
   every_run = runs.vmap_step(step_fn, config, batch_axis=None)  # As training runs it.
   return parallel_lib.ShardMapParallel(every_run, devices), runs.init(create, config)
 

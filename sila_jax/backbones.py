@@ -10,11 +10,15 @@ Every backbone computes in `dtype` (images are cast on entry) with float32 param
 BatchNorm statistics, and takes the forms of its convolutions: `peer_conv` (conv.FORMS, how
 a convolution runs under DML's vmap) and, for DY backbones, `dynamic_conv`
 (dynamic_conv.FORMS).
+
+`split=(i, s)` scales by s the gradient that flows back out of stage i's output (identity
+forward): backpropagation rescaling where Siamese heads attach at stage i.
 """
 import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from sila_jax import conv
@@ -25,6 +29,29 @@ ModuleDef = Any
 
 # He-normal over fan-out, as in the reference ResNet implementations.
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+@jax.custom_vjp
+def scale_gradient(x: jax.Array, scale: jax.Array | float) -> jax.Array:
+  """x unchanged; the gradient that flows back through it is multiplied by `scale` (a
+  scalar, applied in float32 whatever x's dtype)."""
+  return x
+
+
+def _scale_gradient_forward(x, scale):
+  return x, jnp.asarray(scale, jnp.float32)
+
+
+def _scale_gradient_backward(scale, gradient):
+  return (gradient.astype(jnp.float32) * scale).astype(gradient.dtype), jnp.zeros_like(scale)
+
+
+scale_gradient.defvjp(_scale_gradient_forward, _scale_gradient_backward)
+
+
+def end_of_stage(x: jax.Array, stage: int, split: tuple[int, Any] | None) -> jax.Array:
+  """Stage `stage`'s output x, its gradient scaled by split[1] if split[0] is that stage."""
+  return scale_gradient(x, split[1]) if split is not None and split[0] == stage else x
 
 
 def static_conv(dtype: Any = jnp.float32, peer_conv: str = 'sliced') -> ModuleDef:
@@ -115,7 +142,7 @@ class CifarResNet(nn.Module):
   dynamic_conv: str = 'taps'
 
   @nn.compact
-  def __call__(self, x, train: bool, attention_temperature=1.0):
+  def __call__(self, x, train: bool, attention_temperature=1.0, split=None):
     if (self.depth - 2) % 6:
       raise ValueError(f'CIFAR ResNet depth must be 6n+2, got {self.depth}.')
     blocks = (self.depth - 2) // 6
@@ -130,6 +157,7 @@ class CifarResNet(nn.Module):
         strides = 2 if stage > 0 and block == 0 else 1
         x = BasicBlock(scaled(channels, self.width), strides, norm, conv,
                        dynamic=dynamic)(x, attention_temperature)
+      x = end_of_stage(x, stage, split)
       stages.append(x)
     return jnp.mean(x, axis=(1, 2)), tuple(stages)
 
@@ -149,7 +177,7 @@ class ResNet18(nn.Module):
   dynamic_conv: str = 'taps'
 
   @nn.compact
-  def __call__(self, x, train: bool, attention_temperature=1.0):
+  def __call__(self, x, train: bool, attention_temperature=1.0, split=None):
     norm = batch_norm(train, self.bn_axis_name)
     conv, dynamic = resnet_convs(self)
     x = conv3x3(scaled(64, self.width), 1, conv, dynamic)(x.astype(self.dtype),
@@ -161,6 +189,7 @@ class ResNet18(nn.Module):
         strides = 2 if stage > 0 and block == 0 else 1
         x = BasicBlock(scaled(64 * 2**stage, self.width), strides, norm, conv, projection=True,
                        dynamic=dynamic)(x, attention_temperature)
+      x = end_of_stage(x, stage, split)
       stages.append(x)
     return jnp.mean(x, axis=(1, 2)), tuple(stages)
 
@@ -198,7 +227,7 @@ class WideResNet(nn.Module):
   peer_conv: str = 'sliced'
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, split=None):
     if (self.depth - 4) % 6:
       raise ValueError(f'Wide ResNet depth must be 6n+4, got {self.depth}.')
     blocks = (self.depth - 4) // 6
@@ -211,6 +240,7 @@ class WideResNet(nn.Module):
         strides = 2 if stage > 0 and block == 0 else 1
         x = WideBlock(scaled(channels * self.widen_factor, self.width), strides, norm, conv,
                       self.dropout_rate, train)(x)
+      x = end_of_stage(x, stage, split)
       stages.append(x)
     x = nn.relu(norm()(x))
     return jnp.mean(x, axis=(1, 2)), tuple(stages)

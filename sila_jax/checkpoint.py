@@ -37,6 +37,9 @@ MAIN_BRANCH_FIELDS = ('model', 'width', 'num_classes', 'dynamic.num_kernels', 'd
                       'dml.models', 'num_runs')
 TRAINING_FIELDS = MAIN_BRANCH_FIELDS + ('sila.enabled', 'sila.num_heads', 'sila.head',
                                         'sila.attach')
+# TrainState fields added since checkpoints were first written; an older checkpoint restores
+# them as zeros (its runs had not diverged: training stopped at a non-finite loss then).
+ADDED_STATE_FIELDS = ('diverged_step',)
 
 
 def quiet_orbax_logs() -> None:
@@ -74,7 +77,8 @@ def save(manager: ocp.CheckpointManager, state: Any, config: ml_collections.Conf
   tree = jax.tree_util.tree_map(_host, flax.serialization.to_state_dict(state))
   step = int(tree['step'])
   meta = {'config': config.to_dict(), 'digests': _digests(tree), 'step': step,
-          'attention_temperature': attention_temperature, 'val_accuracy': val_accuracy}
+          'attention_temperature': attention_temperature, 'val_accuracy': val_accuracy,
+          'diverged_steps': np.asarray(tree['diverged_step']).reshape(-1).tolist()}
   manager.save(step, args=ocp.args.Composite(
       state=ocp.args.PyTreeSave(tree), meta=ocp.args.JsonSave(meta)))
 
@@ -151,8 +155,11 @@ def restore_newest_readable(manager: ocp.CheckpointManager, abstract_state: Any,
       problem = f'unreadable metadata ({type(e).__name__}: {_first_line(e)})'
     else:
       check_model(meta, config, TRAINING_FIELDS, directory)
+      added = [k for k in ADDED_STATE_FIELDS if k in target and k not in meta['digests']]
       try:
-        restored = restore(manager, step, target, meta)
+        restored = restore(manager, step, {k: v for k, v in target.items() if k not in added},
+                           meta)
+        restored.update({k: np.zeros(target[k].shape, target[k].dtype) for k in added})
         problem = None
       except CheckpointError as e:
         problem = str(e)

@@ -16,9 +16,13 @@ INTERRUPTED = 130  # The exit status of a command stopped by Ctrl-C (128 + SIGIN
 
 
 def shipped_configs() -> list[str]:
-  """The names of the shipped configs ('cifar10', 'quick', ...)."""
+  """The names of the shipped configs ('cifar10', 'quick', ...): the files of CONFIG_DIR
+  with a get_config() (campaign files hold get_campaign() instead)."""
+  def is_config(name):
+    with open(os.path.join(CONFIG_DIR, name)) as f:
+      return 'def get_config(' in f.read()
   return sorted(name[:-3] for name in os.listdir(CONFIG_DIR)
-                if name.endswith('.py') and not name.startswith('_'))
+                if name.endswith('.py') and not name.startswith('_') and is_config(name))
 
 
 def shipped_config(value: str) -> str:

@@ -42,7 +42,9 @@ def known_fields() -> list[str]:
 
 
 def unknown_field_message(path: str, known: list[str]) -> str:
-  """The error for an unknown field, suggesting the closest known one (or one of that name)."""
+  """The error for an unknown field, suggesting the closest known one (or one of that name);
+  a per-run list (runs.*) only for a path under runs."""
+  known = [k for k in known if not k.startswith('runs.') or path.startswith('runs.')]
   close = difflib.get_close_matches(path, known, n=1, cutoff=0.6)
   by_leaf = [k for k in known if k.rsplit('.', 1)[-1] == path.rsplit('.', 1)[-1]]
   hint = close or by_leaf
@@ -127,6 +129,9 @@ def _value_problems(config: ml_collections.ConfigDict, num_devices: int,
 
   for path in RULES:
     yield from _rule_problems(path, get_field(config, path))
+  if config.sila.rescale_backbone_grad and config.sila.variant != 'twin':
+    yield (f"sila.rescale_backbone_grad applies to the twin variant, not "
+           f"{config.sila.variant!r}: joint heads share one softmax and add no step.")
   size = IMAGE_SIZES.get(config.dataset)
   if size and config.image_size != size:
     yield (f'image_size must be {size} for dataset={config.dataset} (its images are '
@@ -149,12 +154,15 @@ def _run_problems(config: ml_collections.ConfigDict) -> Iterator[str]:
     if given and len(given) != config.num_runs:
       yield (f'runs.{name} lists {len(given)} values but num_runs is {config.num_runs}; give '
              f'one {path} per run, or () for {path} in every run.')
-    kind = int if name == 'seed' else (int, float)
-    if any(isinstance(v, bool) or not isinstance(v, kind) for v in given):
-      yield f'runs.{name} must list numbers{" (integers)" if kind is int else ""}, got {given}.'
-    else:
-      for value in given:
-        yield from _rule_problems(path, value, f' in runs.{name}')
+    if path in RULES:
+      kind = int if name == 'seed' else (int, float)
+      if any(isinstance(v, bool) or not isinstance(v, kind) for v in given):
+        yield f'runs.{name} must list numbers{" (integers)" if kind is int else ""}, got {given}.'
+      else:
+        for value in given:
+          yield from _rule_problems(path, value, f' in runs.{name}')
+    elif not all(isinstance(v, bool) for v in given):  # A switch: True or False per run.
+      yield f'runs.{name} must list True or False, got {given}.'
 
 
 def check_config(config: ml_collections.ConfigDict, num_devices: int,

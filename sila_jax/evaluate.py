@@ -91,10 +91,12 @@ class EvalBatches:
 
 
 def evaluate(eval_step, variables: dict[str, Any], batches: Iterable[dict[str, Any]],
-             mesh: Mesh, attention_temperature: float = 1.0) -> dict[str, float]:
+             mesh: Mesh, attention_temperature: float = 1.0,
+             diverged_steps: Any = None) -> dict[str, float]:
   """Means over `batches` (global arrays split over `mesh`) of eval_step's per-run sums (R,),
   and the example count: 'correct' sums become accuracies ('peer_0/correct' ->
-  'peer_0/accuracy'), summarised over runs by `runs.summarize`."""
+  'peer_0/accuracy'), summarised over runs by `runs.summarize` (with the runs'
+  `diverged_steps`, if given)."""
   variables = jax.device_put(variables, NamedSharding(mesh, P()))
   totals = None
   for batch in batches:
@@ -106,7 +108,7 @@ def evaluate(eval_step, variables: dict[str, Any], batches: Iterable[dict[str, A
   count = int(totals.pop('count')[0])
   means = {name.replace('correct', 'accuracy'): np.asarray(total) / count
            for name, total in totals.items()}
-  return {**runs.summarize(means), 'num_examples': count}
+  return {**runs.summarize(means, diverged_steps), 'num_examples': count}
 
 
 def split_filename(split: str, prefix: str = 'eval') -> str:
@@ -157,22 +159,22 @@ class Evaluator:
     self._step = make_main_branch_eval_step(config)
     self._main_branch = peers.main_branch if peers.is_dml(config) else model_lib.main_branch
 
-  def run(self, variables: dict[str, Any], attention_temperature: float = 1.0
-          ) -> dict[str, float]:
+  def run(self, variables: dict[str, Any], attention_temperature: float = 1.0,
+          diverged_steps: Any = None) -> dict[str, float]:
     """`evaluate`'s metrics of `variables` ({'params', 'batch_stats'} with the run axis; any
     Siamese heads are left out) on the split."""
     with progress.Progress(f'eval {self.split}', len(self._batches), unit='batch',
                            leave=False) as bar:
       return evaluate(self._step, self._main_branch(variables), bar.track(self._batches),
-                      self._mesh, attention_temperature)
+                      self._mesh, attention_temperature, diverged_steps)
 
 
 def _evaluate_and_write(config: ml_collections.ConfigDict, split: str,
                         variables: dict[str, Any], attention_temperature: float, step: int,
-                        path: str) -> dict[str, Any]:
+                        path: str, diverged_steps: Any = None) -> dict[str, Any]:
   """The Evaluator's metrics of `variables` (run axis first) on `split`, with split,
   num_params and step; process 0 writes them to `path`, whole or not at all."""
-  result = Evaluator(config, split).run(variables, attention_temperature)
+  result = Evaluator(config, split).run(variables, attention_temperature, diverged_steps)
   result.update(split=split, num_params=deployable_params(config, variables), step=step)
   if jax.process_index() == 0:
     metrics.write_atomically(path, json.dumps(result, indent=2))
@@ -188,14 +190,17 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, split: str
   num_examples, num_params and step. A DML run adds peer_<i>/accuracy, peer_<i>/loss and
   ensemble/accuracy, ensemble/loss; accuracy and loss are peer 0's, num_params one peer's.
   Several runs report every metric's mean over runs under its name, its sample std as
-  <metric>_std and each run's as run_<r>/<metric>. `split` defaults to config.eval_split.
+  <metric>_std and each run's as run_<r>/<metric>; runs that diverged (train_step) are left
+  out of the means, and run_<r>/diverged_step gives the step (0: none). `split` defaults to
+  config.eval_split.
   """
   config_checks.check_config(config, jax.device_count())
   split = split or config.eval_split
   meta, variables = checkpoint.restore_main_branch(workdir, config, which)
   return _evaluate_and_write(config, split, variables, meta['attention_temperature'],
                              meta['step'], os.path.join(workdir, split_filename(
-                                 split, 'best' if which == checkpoint.BEST else 'eval')))
+                                 split, 'best' if which == checkpoint.BEST else 'eval')),
+                             meta.get('diverged_steps'))
 
 
 def evaluate_export(config: ml_collections.ConfigDict, export_dir: str,

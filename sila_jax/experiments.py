@@ -5,17 +5,20 @@ python -m sila_jax.experiments --grid=configs/grids/<name>.py --out=results/<nam
     [--config.<field>=<value> ...]
 
 A grid file's `get_grid()` returns {'config': the recipe every run shares, 'arms': {name:
-{field: value}}, 'seeds': (...), optionally 'baselines': arm names to compare against, and
-'caption': what the grid asks}. A run is (arm, seed): the recipe, the arm's overrides, then
-`--config` overrides (data location, budget). Runs whose configs differ only in
-runs.FIELDS train as one computation (sila_jax/runs.py) of at most --max_runs runs, in
-<out>/work/<group>; each finished run is kept as <out>/runs/<arm>/seed_<s>.json and is not
-run again while its config is unchanged; --reuse takes finished runs of the same config
-from other grids' folders (a plain baseline that several grids share). Stopped (SIGTERM
-saves; SIGKILL loses at most the steps since a checkpoint) and rerun, the runner resumes.
-It writes runs.csv (one row per run), summary.csv and summary.md (per arm: mean, std and n;
-paired differences against each baseline over shared seeds), accuracy.png (bars with std)
-and curves.png (mean curves).
+{field: value}}, 'seeds': (...), optionally 'baselines': arm names to compare against,
+'caption': what the grid asks, and 'export_seeds': seeds whose runs are exported}. A run is
+(arm, seed): the recipe, the arm's overrides, then `--config` overrides (data location,
+budget). Runs whose configs differ only in runs.FIELDS train as one computation
+(sila_jax/runs.py) of at most --max_runs runs, in <out>/work/<group>; each finished run is
+kept as <out>/runs/<arm>/seed_<s>.json and is not run again while its config is unchanged;
+--reuse takes finished runs of the same config from other grids' folders (a plain baseline
+that several grids share). Stopped (SIGTERM saves; SIGKILL loses at most the steps since a
+checkpoint) and rerun, the runner resumes.
+The runs of export_seeds are exported for inference to <out>/exports/<arm>/seed_<s> as they
+finish training. It writes runs.csv (one row per run), summary.csv and summary.md (per arm:
+mean, std and n of the runs that did not diverge; paired differences against each baseline
+over shared seeds with their 95 % t-interval, and the effects whose interval excludes zero),
+accuracy.png (bars with the 95 % t-interval of each arm's mean) and curves.png (mean curves).
 """
 import csv
 import dataclasses
@@ -30,14 +33,16 @@ from typing import Any
 import ml_collections
 import numpy as np
 from absl import logging
+from scipy import stats
 
 from sila_jax import config_checks
+from sila_jax import export
 from sila_jax import metrics
 from sila_jax import runs
 from sila_jax import train
 from sila_jax.errors import ConfigError
 
-GRID_KEYS = {'config', 'arms', 'seeds', 'baselines', 'caption'}
+GRID_KEYS = {'config', 'arms', 'seeds', 'baselines', 'caption', 'export_seeds'}
 # What summary.csv gives the mean and std of per arm: the final validation, then the last
 # training record (runs.csv holds every 'val_' and 'train_' metric of each run).
 SUMMARY_METRICS = ('val_accuracy', 'val_loss', 'train_loss', 'train_loss_main',
@@ -85,10 +90,15 @@ def check_grid(grid: dict[str, Any], where: str) -> dict[str, Any]:
   unknown = set(grid) - GRID_KEYS
   if unknown or not {'config', 'arms', 'seeds'} <= set(grid):
     raise ConfigError(f'{where}: a grid holds config, arms and seeds (and optionally '
-                      f'baselines, caption); got {sorted(grid)}.')
+                      f'baselines, caption, export_seeds); got {sorted(grid)}.')
   missing = [b for b in grid.get('baselines', ()) if b not in grid['arms']]
   if missing:
     raise ConfigError(f'{where}: baselines {missing} are not arms ({", ".join(grid["arms"])}).')
+  exported = grid.get('export_seeds', ())
+  if (not isinstance(exported, (tuple, list))
+      or any(isinstance(s, bool) or s not in grid['seeds'] for s in exported)):
+    raise ConfigError(f'{where}: export_seeds must list seeds of the grid '
+                      f'({", ".join(map(str, grid["seeds"]))}); got {exported!r}.')
   return grid
 
 
@@ -124,7 +134,9 @@ def plan(grid: dict[str, Any], overrides: dict[str, Any]) -> list[Run]:
 def _structure(config: ml_collections.ConfigDict) -> str:
   """What runs sharing a computation must agree on: the config without runs.FIELDS."""
   neutral = config.copy_and_resolve_references()
-  neutral.update_from_flattened_dict({path: 0 for path in runs.FIELDS.values()})
+  # Each field's zero of its own type: a boolean field takes no 0.
+  neutral.update_from_flattened_dict({path: type(neutral[path])()
+                                      for path in runs.FIELDS.values()})
   return _digest(neutral.to_dict())
 
 
@@ -166,8 +178,17 @@ def _run_metrics(summary: dict[str, float], run: int, num_runs: int) -> dict[str
   return {k[len(prefix):]: v for k, v in summary.items() if k.startswith(prefix)}
 
 
-def train_group(members: list[Run], out: str) -> bool:
-  """Trains `members` as one computation and writes each run's result; False if stopped."""
+def export_dir(out: str, run: Run) -> str:
+  """Where `run`'s export goes: <out>/exports/<arm>/seed_<s>."""
+  return os.path.join(out, 'exports', run.arm, f'seed_{run.seed}')
+
+
+def train_group(members: list[Run], out: str, export_seeds: tuple[int, ...] = ()) -> bool:
+  """Trains `members` as one computation, exports those whose seed is in `export_seeds` and
+  writes each run's result; False if stopped.
+
+  Each result records 'diverged_step': the first step whose loss was non-finite, or None.
+  """
   config = group_config(members)
   workdir = os.path.join(out, 'work', _digest([(r.arm, r.seed, r.digest) for r in members]))
   logging.info('Training %d run(s) together in %s: %s', len(members), workdir,
@@ -177,8 +198,16 @@ def train_group(members: list[Run], out: str) -> bool:
   if result['status'] == 'stopped':
     return False
   seconds = time.perf_counter() - start
+  # Exports before results: a run whose result is saved counts as finished and never returns
+  # here, so a stop in between must leave the export to be written again on the rerun.
+  for r, run in enumerate(members):
+    if run.seed in export_seeds:
+      export.export(config, workdir, export_dir(out, run), run=r)
+  # train_and_evaluate returned no 'diverged' before it recorded divergence per run.
+  diverged_steps = result.get('diverged', [None] * len(members))
   for r, run in enumerate(members):
     record = {'arm': run.arm, 'seed': run.seed, 'step': result['step'],
+              'diverged_step': diverged_steps[r],
               **{f'val_{k}': v for k, v in _run_metrics(result['val'], r, len(members)).items()},
               **{f'train_{k}': v for k, v in _run_metrics(result['train'], r, len(members)).items()
                  if k not in train.TIMINGS},
@@ -229,23 +258,49 @@ def _mean_and_std(values: list[float]) -> tuple[float, float]:
   return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else np.nan
 
 
+def t_halfwidth(std: float, n: int) -> float:
+  """Half the width of the 95 % t-interval of a mean of `n` values of sample std `std`:
+  t_{0.975, n-1} * std / sqrt(n); nan for n < 2 (no interval). scipy's t quantile rather
+  than a hand-written table."""
+  return float(stats.t.ppf(0.975, n - 1) * std / np.sqrt(n)) if n > 1 else np.nan
+
+
+def paired(deltas: list[float]) -> dict[str, float]:
+  """{'mean', 'std', 'n', 'ci_low', 'ci_high'} of paired differences: their mean, sample
+  std, count and 95 % t-interval of the mean (std and interval nan for one difference)."""
+  mean, std = _mean_and_std(deltas)
+  half = t_halfwidth(std, len(deltas))
+  return {'mean': mean, 'std': std, 'n': len(deltas), 'ci_low': mean - half,
+          'ci_high': mean + half}
+
+
+def diverged(record: dict[str, Any]) -> bool:
+  """Whether the run's loss became non-finite (results saved before this was recorded did
+  not diverge: training then stopped the whole computation on a non-finite loss)."""
+  return record.get('diverged_step') is not None
+
+
 def summarize(grid: dict[str, Any], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-  """Per arm (grid order): n, mean and sample std of SUMMARY_METRICS, and for each baseline b the
-  mean and std over shared seeds of the paired difference in validation accuracy."""
+  """Per arm (grid order): n (runs that did not diverge), 'diverged' (runs that did), mean and
+  sample std of SUMMARY_METRICS over the n runs, and for each baseline b `vs_<b>_mean`,
+  `_std`, `_n`, `_ci_low`, `_ci_high` (see `paired`) of the paired difference in validation
+  accuracy over the seeds where neither diverged."""
+  kept = [r for r in records if not diverged(r)]
   rows = []
   for arm in grid['arms']:
-    mine = {r['seed']: r for r in records if r['arm'] == arm}
-    row = {'arm': arm, 'n': len(mine)}
+    mine = {r['seed']: r for r in kept if r['arm'] == arm}
+    row = {'arm': arm, 'n': len(mine),
+           'diverged': sum(r['arm'] == arm and diverged(r) for r in records)}
     for metric in SUMMARY_METRICS:
       values = [r[metric] for r in mine.values() if metric in r]
       if values:
         row[f'{metric}_mean'], row[f'{metric}_std'] = _mean_and_std(values)
     for baseline in grid.get('baselines', ()):
-      theirs = {r['seed']: r for r in records if r['arm'] == baseline}
+      theirs = {r['seed']: r for r in kept if r['arm'] == baseline}
       shared = sorted(set(mine) & set(theirs))
       if baseline != arm and shared:
         deltas = [mine[s]['val_accuracy'] - theirs[s]['val_accuracy'] for s in shared]
-        row[f'vs_{baseline}_mean'], row[f'vs_{baseline}_std'] = _mean_and_std(deltas)
+        row.update({f'vs_{baseline}_{k}': v for k, v in paired(deltas).items()})
     rows.append(row)
   return rows
 
@@ -273,19 +328,61 @@ def _percent(row: dict[str, Any], name: str) -> str:
   return f"{100 * row[f'{name}_mean']:.2f} ± {100 * row[f'{name}_std']:.2f}"
 
 
+def _delta(row: dict[str, Any], baseline: str) -> str:
+  """A paired difference in percent points, its 95 % interval in brackets when it has one:
+  '-2.07 [-5.67, 1.53]'."""
+  name = f'vs_{baseline}'
+  if f'{name}_mean' not in row:
+    return ''
+  if row[f'{name}_n'] < 2:
+    return f"{100 * row[f'{name}_mean']:.2f}"
+  return (f"{100 * row[f'{name}_mean']:.2f} "
+          f"[{100 * row[f'{name}_ci_low']:.2f}, {100 * row[f'{name}_ci_high']:.2f}]")
+
+
+def effects(grid: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+  """The 'Effects' lines under the table: one per (arm, baseline) whose paired interval
+  excludes zero, or one line saying there is none; [] without any paired difference."""
+  compared = [(row, b) for b in grid.get('baselines', ()) for row in rows
+              if f'vs_{b}_mean' in row]
+  found = []
+  for row, b in compared:
+    low, high, n = row[f'vs_{b}_ci_low'], row[f'vs_{b}_ci_high'], row[f'vs_{b}_n']
+    if low > 0 or high < 0:  # False for nan: one seed shows no effect.
+      way, low, high = ('ahead of', low, high) if low > 0 else ('behind', -high, -low)
+      found.append(f"- {row['arm']} is {way} {b} by {100 * abs(row[f'vs_{b}_mean']):.2f} "
+                   f'points [{100 * low:.2f}, {100 * high:.2f}], n = {n}')
+  if compared and not found:
+    counts = ', '.join(str(n) for n in sorted({row[f'vs_{b}_n'] for row, b in compared}))
+    found.append(f'- none: no paired difference is distinguishable from zero at n = {counts}')
+  return found
+
+
 def markdown(grid: dict[str, Any], rows: list[dict[str, Any]], caption: str) -> str:
-  """summary.md: the caption, then one table row per arm."""
+  """summary.md: the caption and the notation, one table row per arm (a 'diverged' column
+  only if some run diverged), then the effects whose 95 % interval excludes zero."""
   baselines = list(grid.get('baselines', ()))
-  header = (['arm', 'n', 'val accuracy %', 'val loss', 'train loss (main head)']
+  show_diverged = any(row['diverged'] for row in rows)
+  header = (['arm', 'n'] + ['diverged'] * show_diverged
+            + ['val accuracy %', 'val loss', 'train loss (main head)']
             + [f'Δ acc vs {b} (paired) %' for b in baselines])
-  lines = [caption, '', '| ' + ' | '.join(header) + ' |',
-           '|' + '---|' * len(header)]
+  notation = (['Δ acc vs b: the mean of (arm − b) in validation accuracy over the seeds both '
+               'arms finished without diverging, in percent points, with its 95 % t-interval '
+               'in brackets (none for one seed).'] * bool(baselines)
+              + ['diverged: runs whose loss became non-finite, left out of n and of every '
+                 'mean.'] * show_diverged)
+  lines = [caption, '', *([' '.join(notation), ''] if notation else []),
+           '| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for row in rows:
-    cells = [row['arm'], str(row['n']), _percent(row, 'val_accuracy'),
-             f"{row.get('val_loss_mean', float('nan')):.4f}",
-             f"{row.get('train_loss_main_mean', float('nan')):.4f}"]
-    cells += [_percent(row, f'vs_{b}') for b in baselines]
+    cells = [row['arm'], str(row['n'])] + [str(row['diverged'])] * show_diverged
+    cells += [_percent(row, 'val_accuracy'),
+              f"{row.get('val_loss_mean', float('nan')):.4f}",
+              f"{row.get('train_loss_main_mean', float('nan')):.4f}"]
+    cells += [_delta(row, b) for b in baselines]
     lines.append('| ' + ' | '.join(cells) + ' |')
+  found = effects(grid, rows)
+  if found:
+    lines += ['', 'Effects (95 % interval excludes 0):', *found]
   return '\n'.join(lines) + '\n'
 
 
@@ -307,25 +404,28 @@ def _curves(records: list[dict[str, Any]]) -> dict[str, dict[str, tuple]]:
 
 def plot(out: str, rows: list[dict[str, Any]], records: list[dict[str, Any]],
          caption: str) -> None:
-  """accuracy.png (validation accuracy per arm, std as error bars) and curves.png."""
+  """accuracy.png (validation accuracy per arm, the 95 % t-interval of its mean as error
+  bars; none for one seed) and curves.png."""
   import matplotlib  # pylint: disable=g-import-not-at-top  # Only the runner draws.
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
   done = [row for row in rows if 'val_accuracy_mean' in row]
-  fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(done) + 1.5), 4))
-  ax.bar(range(len(done)), [100 * r['val_accuracy_mean'] for r in done],
-         yerr=[100 * r['val_accuracy_std'] for r in done], capsize=4, color='tab:blue')
-  ax.set_xticks(range(len(done)), [f"{r['arm']}\n(n={r['n']})" for r in done], rotation=30,
-                ha='right', fontsize=8)
-  low = min(100 * (r['val_accuracy_mean'] - r['val_accuracy_std']) for r in done)
-  high = max(100 * (r['val_accuracy_mean'] + r['val_accuracy_std']) for r in done)
-  ax.set_ylim(max(0, low - 0.5 * (high - low) - 1), high + 0.2 * (high - low) + 0.5)
-  ax.set_ylabel('validation accuracy (%)')
-  ax.set_title(caption.splitlines()[0][:100], fontsize=8)
-  fig.tight_layout()
-  fig.savefig(os.path.join(out, 'accuracy.png'), dpi=120)
-  plt.close(fig)
+  if done:  # Not when every run diverged.
+    means = np.array([100 * r['val_accuracy_mean'] for r in done])
+    # nan for one seed: matplotlib draws no error bar there.
+    halves = np.array([100 * t_halfwidth(r['val_accuracy_std'], r['n']) for r in done])
+    fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(done) + 1.5), 4))
+    ax.bar(range(len(done)), means, yerr=halves, capsize=4, color='tab:blue')
+    ax.set_xticks(range(len(done)), [f"{r['arm']}\n(n={r['n']})" for r in done], rotation=30,
+                  ha='right', fontsize=8)
+    low, high = min(means - np.nan_to_num(halves)), max(means + np.nan_to_num(halves))
+    ax.set_ylim(max(0, low - 0.5 * (high - low) - 1), high + 0.2 * (high - low) + 0.5)
+    ax.set_ylabel('validation accuracy (%)\nerror bars: 95 % t-interval of the mean', fontsize=8)
+    ax.set_title(caption.splitlines()[0][:100], fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, 'accuracy.png'), dpi=120)
+    plt.close(fig)
 
   curves = _curves(records)
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -370,7 +470,7 @@ def run_grid(grid_path: str, out: str, overrides: dict[str, Any], *, dry_run: bo
   if dry_run:
     return []
   for members in [] if summarize_only else groups:
-    if not train_group(members, out):
+    if not train_group(members, out, tuple(grid.get('export_seeds', ()))):
       print(f'Stopped by SIGTERM or Ctrl-C; rerun the same command to resume ({out}). The '
             'summaries hold the runs finished so far.')
       break
@@ -395,13 +495,14 @@ def write_summaries(grid: dict[str, Any], planned: list[Run], out: str, command:
   caption = (f"{title}\n\n"
              f"Budget: {recipe(planned[0].config, steps)}; seeds "
              f"{', '.join(map(str, grid['seeds']))}; validation accuracy after the last step, "
-             f"mean ± sample std over seeds (n: seeds finished). Command: `{command}`.")
+             f"mean ± sample std over seeds (n: seeds finished without diverging). "
+             f"Command: `{command}`.")
   _write_csv(os.path.join(out, 'runs.csv'), [
       {k: v for k, v in r.items() if k != 'history'} for r in records])
   _write_csv(os.path.join(out, 'summary.csv'), rows)
   with open(os.path.join(out, 'summary.md'), 'w') as f:
     f.write(markdown(grid, rows, caption))
-  plot(out, rows, records, caption)
+  plot(out, rows, [r for r in records if not diverged(r)], caption)
   print(f'Wrote runs.csv, summary.csv, summary.md, accuracy.png and curves.png to {out}.')
   return rows
 

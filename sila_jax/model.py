@@ -52,17 +52,24 @@ class SilaClassifier(nn.Module):
   peer_conv: str = 'sliced'
 
   @nn.compact
-  def __call__(self, images, train: bool, attention_temperature=1.0):
+  def __call__(self, images, train: bool, attention_temperature=1.0, backbone_grad_scale=1.0):
     """`attention_temperature`: that of dynamic convolutions' attention (dy_* backbones).
+    `backbone_grad_scale`: multiplies the gradient all heads send back into the backbone at
+    the point where the Siamese heads attach (backpropagation rescaling; 1 leaves it as it
+    is); it does nothing without Siamese heads.
 
     Logits are float32 whatever `dtype` the model computes in: the losses' softmax and
     log-sum-exp need float32's range and precision.
     """
+    stage = heads.parse_attach(self.attach) if self.num_siamese_heads else None
+    kwargs = {}
     if getattr(self.backbone, 'dynamic', False):
-      features, stages = self.backbone(images, train=train,
-                                       attention_temperature=attention_temperature)
-    else:
-      features, stages = self.backbone(images, train=train)
+      kwargs['attention_temperature'] = attention_temperature
+    if stage is not None:
+      kwargs['split'] = (stage, backbone_grad_scale)
+    features, stages = self.backbone(images, train=train, **kwargs)
+    if self.num_siamese_heads and stage is None:
+      features = backbones.scale_gradient(features, backbone_grad_scale)
     logits = heads.ClassifierHead(self.num_classes, dtype=self.dtype, name='head')(features)
     if not self.num_siamese_heads:
       return logits.astype(jnp.float32), None

@@ -44,10 +44,28 @@ def is_kernel(params) -> dict:
       lambda path, _: getattr(path[-1], 'key', None) == 'kernel', params)
 
 
-def create_optimizer(config: ml_collections.ConfigDict,
-                     schedule: optax.Schedule) -> optax.GradientTransformation:
-  """SGD with (Nesterov) momentum; L2 weight decay added to kernel gradients only."""
+def scaled_schedule(config: ml_collections.ConfigDict, schedule: optax.Schedule,
+                    learning_rate: jax.Array | float | None) -> optax.Schedule:
+  """`schedule` (the config's) scaled to peak at `learning_rate` (None: unchanged). At the
+  config's own rate the scale is exactly 1, so the rates are unchanged bit for bit."""
+  if learning_rate is None:
+    return schedule
+  scale = learning_rate / config.optimizer.learning_rate
+  return lambda step: schedule(step) * scale
+
+
+def create_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule,
+                     learning_rate: jax.Array | float | None = None,
+                     weight_decay: jax.Array | float | None = None
+                     ) -> optax.GradientTransformation:
+  """SGD with (Nesterov) momentum; L2 weight decay added to kernel gradients only.
+
+  `learning_rate` and `weight_decay` (scalars, possibly traced: one run's own, sila_jax/runs.py)
+  replace the config's; the schedule keeps its shape (`scaled_schedule`).
+  """
   opt = config.optimizer
   return optax.chain(
-      optax.add_decayed_weights(opt.weight_decay, mask=is_kernel),
-      optax.sgd(schedule, momentum=opt.momentum or None, nesterov=opt.nesterov))
+      optax.add_decayed_weights(opt.weight_decay if weight_decay is None else weight_decay,
+                                mask=is_kernel),
+      optax.sgd(scaled_schedule(config, schedule, learning_rate),
+                momentum=opt.momentum or None, nesterov=opt.nesterov))

@@ -77,7 +77,8 @@ def abstract_variables(groups: tuple[Group, ...], image_size: int) -> dict[str, 
 
 def apply(groups: tuple[Group, ...], variables: dict[str, tuple[Any, ...]], images: jax.Array,
           *, train: bool, rng: jax.Array | None = None,
-          attention_temperature: jax.Array | float = 1.0
+          attention_temperature: jax.Array | float = 1.0,
+          backbone_grad_scale: jax.Array | float = 1.0
           ) -> tuple[jax.Array, jax.Array | None, tuple[Any, ...] | None]:
   """Every peer on `images`.
 
@@ -85,6 +86,7 @@ def apply(groups: tuple[Group, ...], variables: dict[str, tuple[Any, ...]], imag
     images: (B, H, W, 3) seen by every peer, or (B, K, H, W, 3), view k for peer k.
     rng: the dropout key, split over peers (training only).
     attention_temperature: the softmax temperature of dynamic convolutions' attention.
+    backbone_grad_scale: SilaClassifier's, for every peer.
   Returns:
     (logits (K, B, C), Siamese logits (K, S, B, C) or None, the groups' new BatchNorm
     statistics when `train`, else None).
@@ -97,7 +99,8 @@ def apply(groups: tuple[Group, ...], variables: dict[str, tuple[Any, ...]], imag
                                           variables['batch_stats']):
     def apply_one(params, stats, key, images, model=model):
       outputs = model.apply({'params': params, 'batch_stats': stats}, images, train=train,
-                            attention_temperature=attention_temperature, rngs={'dropout': key},
+                            attention_temperature=attention_temperature,
+                            backbone_grad_scale=backbone_grad_scale, rngs={'dropout': key},
                             mutable=['batch_stats'] if train else False)
       return outputs if train else (outputs, None)
     views = images if shared else images[:, first:first + size]

@@ -18,7 +18,9 @@ import numpy as np
 # reads as numbers inside the step, so runs that differ only in them share one computation.
 FIELDS = {'seed': 'seed', 'sila_weight': 'sila.weight', 'sila_kl_weight': 'sila.kl_weight',
           'dml_weight': 'dml.weight', 'label_smoothing': 'label_smoothing',
-          'loss_scale': 'loss_scale'}
+          'loss_scale': 'loss_scale', 'learning_rate': 'optimizer.learning_rate',
+          'weight_decay': 'optimizer.weight_decay',
+          'rescale_backbone_grad': 'sila.rescale_backbone_grad'}
 RUN_PREFIX = 'run_'  # Of every run's own metrics in a summary of several runs.
 
 
@@ -33,7 +35,8 @@ def values(config: ml_collections.ConfigDict, name: str) -> tuple[Any, ...]:
 
 
 def settings(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
-  """Every run's numeric settings: {name in FIELDS: (R,) array}, int32 seeds, float32 rest."""
+  """Every run's numeric settings: {name in FIELDS: (R,) array}, int32 seeds, float32 rest
+  (booleans as 0.0 / 1.0)."""
   return {name: np.asarray(values(config, name), np.int32 if name == 'seed' else np.float32)
           for name in FIELDS}
 
@@ -98,15 +101,33 @@ def run_metric(name: str, run: int) -> str:
   return f'{RUN_PREFIX}{run}/{name}'
 
 
-def summarize(per_run: dict[str, Any]) -> dict[str, float]:
+def summarize(per_run: dict[str, Any], diverged_steps: Any = None) -> dict[str, float]:
   """{name: (R,) values} -> the means over runs under each name; with R > 1 also each run's
-  value as 'run_<r>/<name>' and the sample standard deviation over runs as '<name>_std'."""
+  value as 'run_<r>/<name>' and the sample standard deviation over runs as '<name>_std'.
+
+  diverged_steps: (R,) ints, the step at which each run diverged (0: it has not), or None.
+  Diverged runs are left out of the means and deviations; their own values stay, with
+  'run_<r>/diverged_step' for every run and the count 'diverged_runs'.
+  """
   per_run = {name: np.asarray(value, np.float64) for name, value in per_run.items()}
-  summary = {name: float(np.mean(value)) for name, value in per_run.items()}
   num_runs = len(next(iter(per_run.values())))
+  steps = (np.zeros(num_runs, np.int64) if diverged_steps is None
+           else np.asarray(diverged_steps, np.int64))
+  live = steps == 0
+  summary = {name: float(np.mean(value[live])) if live.any() else float('nan')
+             for name, value in per_run.items()}
   if num_runs > 1:
     for name, value in per_run.items():
-      summary[f'{name}_std'] = float(np.std(value, ddof=1))
+      summary[f'{name}_std'] = (float(np.std(value[live], ddof=1)) if live.sum() > 1
+                                else float('nan'))
     for r in range(num_runs):
       summary.update({run_metric(name, r): float(value[r]) for name, value in per_run.items()})
+    if diverged_steps is not None:
+      summary['diverged_runs'] = int(np.sum(~live))
+      summary.update({run_metric('diverged_step', r): int(steps[r]) for r in range(num_runs)})
   return summary
+
+
+def diverged(diverged_steps: Any) -> list[int | None]:
+  """(R,) steps at which runs diverged (0: not) -> per run, that step or None."""
+  return [int(step) or None for step in np.asarray(diverged_steps).reshape(-1)]

@@ -103,18 +103,19 @@ def build_model(config: ml_collections.ConfigDict, plan: Plan) -> Model:
   """The model of `config` (or its DML peers), its optimizer and per-run update step."""
   schedule = optimizer_lib.learning_rate_schedule(config, plan.num_train_steps,
                                                   plan.steps_per_epoch)
+  # The optimizer state's structure; each run's step builds the run's own (train_step).
   tx = optimizer_lib.create_optimizer(config, schedule)
   attention_schedule = (
       optimizer_lib.attention_temperature_schedule(config, plan.steps_per_epoch)
       if any(map(model_lib.is_dynamic, peers.peer_models(config))) else None)
   if peers.is_dml(config):
     groups = peers.create_groups(config, bn_axis_name=train_step_lib.AXIS)
-    step_fn = train_step_lib.make_peer_train_step(groups, tx, schedule, config,
+    step_fn = train_step_lib.make_peer_train_step(groups, schedule, config,
                                                   attention_schedule)
     create_state = functools.partial(train_step_lib.create_peer_train_state, groups, tx)
   else:
     model = model_lib.create_model(config, bn_axis_name=train_step_lib.AXIS)
-    step_fn = train_step_lib.make_train_step(model, tx, schedule, config, attention_schedule)
+    step_fn = train_step_lib.make_train_step(model, schedule, config, attention_schedule)
     create_state = functools.partial(train_step_lib.create_train_state, model, tx)
   image_shape = (config.image_size, config.image_size, 3)
   return Model(
@@ -169,25 +170,27 @@ def _stop_requests() -> Iterator[Callable[[], int | None]]:
       signal.signal(s, handler)
 
 
-@jax.jit
-def _all_finite(tree: Any) -> jax.Array:
-  """Scalar bool: every element of every array in `tree` is finite."""
-  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+def _check_finite(pending: list[tuple[int, Any]], known: np.ndarray) -> np.ndarray:
+  """The step at which each run has diverged (train_step; 0: it has not), (R,), after the
+  pending (step, metrics); `known`: the same as checked before, returned if none is pending.
 
-
-def _check_finite(pending: list[tuple[int, Any]], state: Any) -> None:
-  """Raises NonFiniteLossError at the first pending (step, metrics) whose loss is not finite,
-  or if `state`'s parameters or BatchNorm statistics are not finite."""
-  losses = jax.device_get([metrics['loss'] for _, metrics in pending])
-  for (step, _), loss in zip(pending, losses):
-    bad = np.flatnonzero(~np.isfinite(loss))  # loss: (R,), one per run.
-    if bad.size:
-      where = f' in run {bad[0]}' if len(loss) > 1 else ''
-      raise NonFiniteLossError(f'Loss is {float(loss[bad[0]])} at step {step}{where}; stopping. '
-                               'The last checkpoint, written before it, is intact.')
-  if not _all_finite((state.params, state.batch_stats)):
-    raise NonFiniteLossError(f'Parameters are not finite after step {int(state.step)}; '
-                             'stopping. The last checkpoint, written before it, is intact.')
+  A single run stops there: NonFiniteLossError, raised before a checkpoint could take the
+  state it stopped in. Of several runs, each newly diverged one is logged; the rest carry on.
+  """
+  if not pending:
+    return known
+  diverged_steps = np.asarray(jax.device_get(pending[-1][1]['diverged_step']))
+  for r in np.flatnonzero(diverged_steps != known):
+    step = int(diverged_steps[r])
+    loss = next(float(m['loss'][r]) for s, m in pending if s == step)
+    what = (f'Loss is {loss} at step {step}' if not np.isfinite(loss)
+            else f'Parameters are not finite after step {step}')
+    if len(known) == 1:
+      raise NonFiniteLossError(f'{what}; stopping. The last checkpoint, written before it, '
+                               'is intact.')
+    logging.warning('%s in run %d: it keeps its last finite state and stops updating; the '
+                    'other runs carry on.', what, r)
+  return diverged_steps
 
 
 @dataclasses.dataclass
@@ -248,8 +251,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   Resumes from the newest readable checkpoint in `workdir`, exactly where it stopped.
   SIGTERM or a first Ctrl-C finishes the step, saves a checkpoint and returns.
-  Returns {'status': 'trained' | 'stopped' | 'complete', 'step', 'train', 'val'} and, when
-  stopped, 'stopped_by': 'SIGTERM' | 'Ctrl-C'.
+  Returns {'status': 'trained' | 'stopped' | 'complete', 'step', 'train', 'val', 'diverged'
+  (per run: the step at which it diverged, or None)} and, when stopped, 'stopped_by':
+  'SIGTERM' | 'Ctrl-C'.
   """
   plan = plan_run(config)
   model = build_model(config, plan)
@@ -266,7 +270,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                    workdir, start_step, plan.num_train_steps)
       return {'status': 'complete', 'step': start_step,
               'train': metrics_lib.last(workdir, metrics_lib.TRAIN),
-              'val': metrics_lib.last(workdir, metrics_lib.VALIDATION)}
+              'val': metrics_lib.last(workdir, metrics_lib.VALIDATION),
+              'diverged': runs.diverged(state.diverged_step)}
     if jax.process_index() == 0:
       metrics_lib.write_atomically(os.path.join(workdir, RUN_DESCRIPTION),
                                    json.dumps(describe_run(config, plan, start_step), indent=2))
@@ -299,6 +304,7 @@ def train_loop(config: ml_collections.ConfigDict, plan: Plan, model: Model,
   result = {'status': 'trained'}
   train_metrics, val_metrics = {}, {}
   pending, timed_steps, input_seconds, tick = [], 0, 0.0, time.perf_counter()
+  diverged_steps = np.asarray(jax.device_get(parallel.unreplicate(device_state).diverged_step))
   for step in range(start_step + 1, last + 1):
     waited = time.perf_counter()
     batch = next(batches)
@@ -310,10 +316,11 @@ def train_loop(config: ml_collections.ConfigDict, plan: Plan, model: Model,
     stopping = any_process_stops(stop_request() is not None)
 
     if is_time(step, config.log_every_steps, last) or stopping:
-      _check_finite(pending, parallel.unreplicate(device_state))
+      diverged_steps = _check_finite(pending, diverged_steps)
       fetched = jax.device_get([m for _, m in pending])
       train_metrics = runs.summarize({k: np.mean([m[k] for m in fetched], axis=0)
-                                      for k in fetched[0]})
+                                      for k in fetched[0] if k != 'diverged_step'},
+                                     diverged_steps)
       elapsed, tick = time.perf_counter() - tick, time.perf_counter()
       # Every run's images: what the machine trains per second.
       train_metrics['images_per_sec'] = (timed_steps * config.batch_size * config.num_runs
@@ -328,9 +335,8 @@ def train_loop(config: ml_collections.ConfigDict, plan: Plan, model: Model,
 
     # Checkpoints are written only after the loss and parameters are checked.
     if is_time(step, config.checkpoint_every_steps, last) or stopping:
-      current = parallel.unreplicate(device_state)
-      _check_finite(pending, current)
-      checkpoints.save(current, model.attention_temperature(step))
+      diverged_steps = _check_finite(pending, diverged_steps)
+      checkpoints.save(parallel.unreplicate(device_state), model.attention_temperature(step))
     if stopping:
       checkpoints.wait()
       # Another process may have received the signal: 'SIGTERM' there.
@@ -340,12 +346,13 @@ def train_loop(config: ml_collections.ConfigDict, plan: Plan, model: Model,
       break
     if is_time(step, plan.eval_every, last):
       current = parallel.unreplicate(device_state)
-      _check_finite(pending, current)
+      diverged_steps = _check_finite(pending, diverged_steps)
       val_metrics = evaluator.run({'params': current.params, 'batch_stats': current.batch_stats},
-                                  model.attention_temperature(step))
+                                  model.attention_temperature(step), diverged_steps)
       writer.write(metrics_lib.VALIDATION, step, val_metrics)
       checkpoints.save_if_best(current, model.attention_temperature(step),
                                val_metrics['accuracy'])
       # Keep evaluation out of the throughput figure.
       timed_steps, input_seconds, tick = 0, 0.0, time.perf_counter()
-  return {**result, 'step': step, 'train': train_metrics, 'val': val_metrics}
+  return {**result, 'step': step, 'train': train_metrics, 'val': val_metrics,
+          'diverged': runs.diverged(diverged_steps)}

@@ -2,8 +2,12 @@
 under runs.vmap_step's vmap over runs): one model's (`train_step`), or K DML peers'
 (`peer_train_step`).
 
-`run` holds the run's numeric settings (runs.FIELDS: 'seed', 'sila_weight',
-'sila_kl_weight', 'dml_weight', 'label_smoothing', 'loss_scale'), scalars that may be traced.
+`run` holds the run's numeric settings (runs.FIELDS: 'seed', 'sila_weight', 'learning_rate',
+'rescale_backbone_grad', ...), scalars that may be traced.
+
+A run diverges at the first step whose loss, new parameters or new BatchNorm statistics are
+not finite: from then on it stops updating (its state stays at its last finite values) and
+`diverged_step` records that step, so the other runs of its computation carry on.
 """
 import functools
 from typing import Any, Callable
@@ -15,6 +19,7 @@ import optax
 
 from sila_jax import collectives
 from sila_jax import losses
+from sila_jax import optimizer as optimizer_lib
 from sila_jax import peers
 from sila_jax.model import SilaClassifier
 
@@ -29,6 +34,7 @@ class TrainState:
   batch_stats: Any
   opt_state: Any
   rng: jax.Array
+  diverged_step: jax.Array  # int32: the step at which the run diverged; 0 while it has not.
 
 
 def create_train_state(model: SilaClassifier, tx: optax.GradientTransformation,
@@ -38,7 +44,8 @@ def create_train_state(model: SilaClassifier, tx: optax.GradientTransformation,
   variables = model.init(init_rng, jnp.zeros((1, *image_shape)), train=False)
   return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
                     batch_stats=variables['batch_stats'],
-                    opt_state=tx.init(variables['params']), rng=rng)
+                    opt_state=tx.init(variables['params']), rng=rng,
+                    diverged_step=jnp.zeros((), jnp.int32))
 
 
 def create_peer_train_state(groups: tuple[peers.Group, ...], tx: optax.GradientTransformation,
@@ -50,7 +57,7 @@ def create_peer_train_state(groups: tuple[peers.Group, ...], tx: optax.GradientT
   return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
                     batch_stats=variables['batch_stats'],
                     opt_state=tuple(jax.vmap(tx.init)(p) for p in variables['params']),
-                    rng=rng)
+                    rng=rng, diverged_step=jnp.zeros((), jnp.int32))
 
 
 def _dropout_rng(state: TrainState) -> jax.Array:
@@ -58,9 +65,33 @@ def _dropout_rng(state: TrainState) -> jax.Array:
   return jax.random.fold_in(jax.random.fold_in(state.rng, state.step), jax.lax.axis_index(AXIS))
 
 
+def _all_finite(tree: Any) -> jax.Array:
+  """Scalar bool: every element of every array in `tree` is finite."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
+def _finish(state: TrainState, params: Any, batch_stats: Any, opt_state: Any,
+            metrics: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+  """The next state: the update applied unless the run has diverged, at this step or before.
+
+  Everything it reads is the same on every device, so every device decides alike.
+  """
+  finite = _all_finite((metrics['loss'], params, batch_stats))
+  live = (state.diverged_step == 0) & finite
+  keep = lambda new, old: jax.tree_util.tree_map(  # noqa: E731
+      lambda n, o: jnp.where(live, n, o), new, old)
+  diverged_step = jnp.where((state.diverged_step == 0) & ~finite, state.step + 1,
+                            state.diverged_step)
+  metrics['diverged_step'] = diverged_step
+  return state.replace(step=state.step + 1, params=keep(params, state.params),
+                       batch_stats=keep(batch_stats, state.batch_stats),
+                       opt_state=keep(opt_state, state.opt_state),
+                       diverged_step=diverged_step), metrics
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], run: dict[str, jax.Array], *,
-               model: SilaClassifier,
-               tx: optax.GradientTransformation, loss_fn: Callable, schedule: optax.Schedule,
+               model: SilaClassifier, optimizer: Callable, learning_rate: Callable,
+               loss_fn: Callable, backbone_grad_scale: Callable,
                attention_temperature_schedule: optax.Schedule | None = None
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One SGD step on this device's share of the batch, inside a `data` axis.
@@ -68,8 +99,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], run: dict[str, ja
   Args:
     batch: {'image': (b, H, W, 3) float32, 'label': (b,) int32}, b = per-device batch.
     model: built with `bn_axis_name=AXIS` so BatchNorm statistics span all devices.
+    optimizer: run -> the run's optax optimizer; learning_rate: (step, run) -> its rate.
     loss_fn: (logits (b, C), siamese logits (K, b, C) | None, labels (b,), run) ->
       (loss, metrics); the gradient is that of run['loss_scale'] * loss.
+    backbone_grad_scale: run -> the model's backbone_grad_scale.
     attention_temperature_schedule: step -> attention temperature, for dynamic-convolution
       models; it is computed here from the step, so a resumed run continues the annealing
       exactly.
@@ -84,26 +117,26 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], run: dict[str, ja
   def loss_and_aux(params):
     (logits, siamese_logits), updates = model.apply(
         {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
-        mutable=['batch_stats'], rngs={'dropout': dropout_rng}, **extra)
+        mutable=['batch_stats'], rngs={'dropout': dropout_rng},
+        backbone_grad_scale=backbone_grad_scale(run), **extra)
     loss, metrics = loss_fn(logits, siamese_logits, batch['label'], run)
     metrics['accuracy'] = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
     return run['loss_scale'] * loss, (metrics, updates['batch_stats'])
 
   grads, (metrics, batch_stats) = jax.grad(loss_and_aux, has_aux=True)(state.params)
   grads, metrics = collectives.device_mean((grads, metrics), AXIS)
-  metrics['learning_rate'] = schedule(state.step)
+  metrics['learning_rate'] = learning_rate(state.step, run)
   if attention_temperature_schedule is not None:
     metrics['attention_temperature'] = extra['attention_temperature']
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                            batch_stats=batch_stats, opt_state=opt_state)
-  return new_state, metrics
+  updates, opt_state = optimizer(run).update(grads, state.opt_state, state.params)
+  return _finish(state, optax.apply_updates(state.params, updates), batch_stats, opt_state,
+                 metrics)
 
 
 def peer_train_step(state: TrainState, batch: dict[str, jax.Array], run: dict[str, jax.Array],
-                    *, groups: tuple[peers.Group, ...], tx: optax.GradientTransformation,
-                    loss_fn: Callable, mimicry_temperature: float,
-                    schedule: optax.Schedule,
+                    *, groups: tuple[peers.Group, ...], optimizer: Callable,
+                    learning_rate: Callable, loss_fn: Callable, backbone_grad_scale: Callable,
+                    mimicry_temperature: float,
                     attention_temperature_schedule: optax.Schedule | None = None
                     ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One SGD step of K DML peers on this device's share of the batch, inside a `data` axis.
@@ -111,7 +144,8 @@ def peer_train_step(state: TrainState, batch: dict[str, jax.Array], run: dict[st
   Peer i minimises its own loss_fn loss plus run['dml_weight'] times its mimicry term
   (losses.mimicry_loss). The stop-gradient in that term makes the sum of the peers'
   objectives have, for each peer, the gradient of its own objective, so one gradient of
-  the sum updates every peer. Each peer's optimizer state updates under vmap.
+  the sum updates every peer. Each peer's optimizer state updates under vmap. The other
+  arguments are train_step's.
 
   Args:
     state: from create_peer_train_state.
@@ -128,8 +162,8 @@ def peer_train_step(state: TrainState, batch: dict[str, jax.Array], run: dict[st
   def loss_and_aux(params):
     logits, siamese_logits, batch_stats = peers.apply(
         groups, {'params': params, 'batch_stats': state.batch_stats}, batch['image'],
-        train=True, rng=_dropout_rng(state),
-        attention_temperature=attention_temperature)
+        train=True, rng=_dropout_rng(state), attention_temperature=attention_temperature,
+        backbone_grad_scale=backbone_grad_scale(run))
     peer_losses, peer_metrics = jax.vmap(loss_fn, in_axes=(0, 0, None, None))(
         logits, siamese_logits, batch['label'], run)
     mimicry = jnp.mean(losses.mimicry_loss(logits, mimicry_temperature), axis=1)
@@ -146,17 +180,16 @@ def peer_train_step(state: TrainState, batch: dict[str, jax.Array], run: dict[st
 
   grads, (metrics, batch_stats) = jax.grad(loss_and_aux, has_aux=True)(state.params)
   grads, metrics = collectives.device_mean((grads, metrics), AXIS)
-  metrics['learning_rate'] = schedule(state.step)
+  metrics['learning_rate'] = learning_rate(state.step, run)
   if attention_temperature_schedule is not None:
     metrics['attention_temperature'] = attention_temperature
+  tx = optimizer(run)
   params, opt_state = [], []
   for group_grads, group_opt_state, group_params in zip(grads, state.opt_state, state.params):
     updates, new_opt_state = jax.vmap(tx.update)(group_grads, group_opt_state, group_params)
     params.append(optax.apply_updates(group_params, updates))
     opt_state.append(new_opt_state)
-  new_state = state.replace(step=state.step + 1, params=tuple(params), batch_stats=batch_stats,
-                            opt_state=tuple(opt_state))
-  return new_state, metrics
+  return _finish(state, tuple(params), batch_stats, tuple(opt_state), metrics)
 
 
 def _loss_fn(config) -> Callable:
@@ -169,20 +202,31 @@ def _loss_fn(config) -> Callable:
   return loss_fn
 
 
-def make_train_step(model: SilaClassifier, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, config,
+def _run_settings(config, schedule: optax.Schedule) -> dict[str, Callable]:
+  """What both steps read of a run beyond its losses: its optimizer, its learning rate by step
+  and its backbone gradient scale, 1 / (1 + lambda * num_heads) with rescaling on, else 1."""
+  return {
+      'optimizer': lambda run: optimizer_lib.create_optimizer(
+          config, schedule, run['learning_rate'], run['weight_decay']),
+      'learning_rate': lambda step, run: optimizer_lib.scaled_schedule(
+          config, schedule, run['learning_rate'])(step),
+      'backbone_grad_scale': lambda run: 1.0 / (
+          1.0 + run['rescale_backbone_grad'] * run['sila_weight'] * config.sila.num_heads),
+      'loss_fn': _loss_fn(config)}
+
+
+def make_train_step(model: SilaClassifier, schedule: optax.Schedule, config,
                     attention_temperature_schedule: optax.Schedule | None = None) -> Callable:
-  """`train_step` bound to a model, optimizer, schedules and the loss settings of `config`."""
-  return functools.partial(train_step, model=model, tx=tx, loss_fn=_loss_fn(config),
-                           schedule=schedule,
+  """`train_step` bound to a model, the config's learning-rate schedule (each run scales it
+  to its own peak), the attention-temperature schedule and the loss settings of `config`."""
+  return functools.partial(train_step, model=model, **_run_settings(config, schedule),
                            attention_temperature_schedule=attention_temperature_schedule)
 
 
-def make_peer_train_step(groups: tuple[peers.Group, ...], tx: optax.GradientTransformation,
-                         schedule: optax.Schedule, config,
+def make_peer_train_step(groups: tuple[peers.Group, ...], schedule: optax.Schedule, config,
                          attention_temperature_schedule: optax.Schedule | None = None
                          ) -> Callable:
-  """`peer_train_step` bound to peer groups, optimizer, schedules and `config`'s losses."""
-  return functools.partial(peer_train_step, groups=groups, tx=tx, loss_fn=_loss_fn(config),
-                           mimicry_temperature=config.dml.temperature, schedule=schedule,
+  """`peer_train_step` bound like make_train_step, to peer groups."""
+  return functools.partial(peer_train_step, groups=groups, **_run_settings(config, schedule),
+                           mimicry_temperature=config.dml.temperature,
                            attention_temperature_schedule=attention_temperature_schedule)

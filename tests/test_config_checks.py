@@ -118,6 +118,9 @@ WRONG_VALUES = {
     'runs.dml_weight': ((1.0, 2.0), (-1.0,), (NAN,), (INF,)),
     'runs.label_smoothing': ((0.0, 0.1), (1.0,), (-0.1,), (NAN,)),
     'runs.loss_scale': ((1.0, 2.0), (0.0,), (-1.0,), (NAN,), (INF,)),
+    'runs.learning_rate': ((0.1, 0.2), (0.0,), (-0.1,), (NAN,), (INF,)),
+    'runs.weight_decay': ((5e-4, 0.0), (-1e-4,), (NAN,), (INF,)),
+    'runs.rescale_backbone_grad': ((True, False), (1,), ('yes',)),
     'batch_size': (0, -128, 12),  # 12 images do not split over 8 devices.
     'num_epochs': (0, -1),
     'optimizer.learning_rate': (0.0, -0.1),
@@ -143,6 +146,8 @@ WRONG_VALUES = {
 EVERY_VALUE_VALID = {
     'on_device': 'a bool; both keep the data somewhere that works',
     'sila.enabled': 'a bool; False is plain training',
+    'sila.rescale_backbone_grad': 'a bool; only its pairing with the joint variant is refused '
+                                  '(test_rescaling_is_refused_for_the_joint_variant)',
     'dml.independent_augment': 'a bool; either way is a valid recipe',
     'optimizer.nesterov': 'a bool; either way is SGD with momentum',
     'num_train_steps': 'an int; <= 0 means num_epochs of the training split',
@@ -186,3 +191,10 @@ def test_every_wrong_value_is_named_in_one_line(path, value):
   message = str(raised.value)
   assert '\n' not in message
   assert re.search(rf'(?<![\w.]){re.escape(path)}\b', message), message
+
+
+def test_rescaling_is_refused_for_the_joint_variant(tiny_config):
+  tiny_config.sila.update(variant='joint', rescale_backbone_grad=True)
+  with pytest.raises(ConfigError, match="^sila.rescale_backbone_grad applies to the twin "
+                                        "variant, not 'joint'"):
+    config_checks.check_config(tiny_config, num_devices=8)

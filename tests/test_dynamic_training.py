@@ -35,7 +35,7 @@ def test_attention_temperature_anneals_linearly_to_one(dy_config):
 def test_the_step_uses_the_attention_temperature_of_its_step_number(dy_config):
   model, tx, schedule, state = setup(dy_config)
   tau = optimizer_lib.attention_temperature_schedule(dy_config, steps_per_epoch=1)
-  step_fn = every_run(train_step_lib.make_train_step(model, tx, schedule, dy_config, tau),
+  step_fn = every_run(train_step_lib.make_train_step(model, schedule, dy_config, tau),
                     dy_config)
   parallel = parallel_lib.ShardMapParallel(step_fn, jax.devices()[:1])
   annealed, metrics = run(parallel, state, batches(2))
@@ -48,7 +48,7 @@ def test_the_step_uses_the_attention_temperature_of_its_step_number(dy_config):
   chex.assert_trees_all_equal(resumed, annealed)
   # And the attention temperature matters: at a constant 1 the same steps end elsewhere.
   constant = parallel_lib.ShardMapParallel(
-      every_run(train_step_lib.make_train_step(model, tx, schedule, dy_config), dy_config),
+      every_run(train_step_lib.make_train_step(model, schedule, dy_config), dy_config),
       jax.devices()[:1])
   unannealed, _ = run(constant, state, batches(2))
   assert not np.allclose(unannealed.params['backbone']['DynamicConv_0']['kernel'],
@@ -59,7 +59,7 @@ def test_dy_resnet_with_sila_on_eight_devices_matches_one(dy_config):
   dy_config.sila.update(num_heads=2, attach='stage2')
   model, tx, schedule, state = setup(dy_config)
   tau = optimizer_lib.attention_temperature_schedule(dy_config, steps_per_epoch=1)
-  step_fn = every_run(train_step_lib.make_train_step(model, tx, schedule, dy_config, tau),
+  step_fn = every_run(train_step_lib.make_train_step(model, schedule, dy_config, tau),
                     dy_config)
   data = batches(1)
   one_state, one_metrics = run(parallel_lib.ShardMapParallel(step_fn, jax.devices()[:1]),

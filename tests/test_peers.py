@@ -102,10 +102,10 @@ def test_vmapped_peers_without_mimicry_train_like_separate_models(dml_config, mo
          if model_lib.is_dynamic(model) else None)
   data = batches(2, size=8)
   together, _ = run(parallel_lib.ShardMapParallel(one_run(train_step_lib.make_peer_train_step(
-      groups, tx, schedule, dml_config, tau), dml_config), devices), state, data)
+      groups, schedule, dml_config, tau), dml_config), devices), state, data)
   single = model_lib.create_model(dml_config, bn_axis_name=train_step_lib.AXIS)
   alone = parallel_lib.ShardMapParallel(
-      one_run(train_step_lib.make_train_step(single, tx, schedule, dml_config, tau), dml_config),
+      one_run(train_step_lib.make_train_step(single, schedule, dml_config, tau), dml_config),
       devices)
   for peer in (0, 1):
     expected, _ = run(alone, peer_state(state, peer), data)
@@ -141,7 +141,7 @@ def test_eight_devices_match_one(dml_config, kind):
   dml_config.sila.update(num_heads=2, kl_weight=0.5)
   dml_config.dml.temperature = 2.0
   groups, tx, schedule, state = peer_setup(dml_config)
-  step_fn = one_run(train_step_lib.make_peer_train_step(groups, tx, schedule, dml_config),
+  step_fn = one_run(train_step_lib.make_peer_train_step(groups, schedule, dml_config),
                     dml_config)
   data = batches(1)
   one_state, one_metrics = run(parallel_lib.create_parallel(kind, step_fn, jax.devices()[:1]),

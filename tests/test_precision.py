@@ -33,7 +33,7 @@ def test_bfloat16_step_keeps_float32_parameters_statistics_optimizer_state_and_l
   tx = optimizer_lib.create_optimizer(tiny_config, schedule)
   state = train_step_lib.create_train_state(model, tx, jax.random.PRNGKey(0), (32, 32, 3))
   parallel = parallel_lib.ShardMapParallel(
-      one_run(train_step_lib.make_train_step(model, tx, schedule, tiny_config), tiny_config),
+      one_run(train_step_lib.make_train_step(model, schedule, tiny_config), tiny_config),
       jax.devices()[:1])
   rng = np.random.default_rng(0)
   batch = {'image': rng.normal(size=(8, 32, 32, 3)).astype(np.float32),

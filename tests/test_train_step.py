@@ -63,10 +63,11 @@ def test_sila_off_equals_plain_cross_entropy_bit_for_bit(tiny_config):
   assert set(state.params) == {'backbone', 'head'}
   devices = jax.devices()[:1]
   ours = parallel_lib.ShardMapParallel(every_run(
-      train_step_lib.make_train_step(model, tx, schedule, tiny_config), tiny_config), devices)
+      train_step_lib.make_train_step(model, schedule, tiny_config), tiny_config), devices)
   reference = parallel_lib.ShardMapParallel(every_run(functools.partial(
-      train_step_lib.train_step, model=model, tx=tx, loss_fn=plain_cross_entropy,
-      schedule=schedule), tiny_config), devices)
+      train_step_lib.train_step, model=model, optimizer=lambda run: tx,
+      learning_rate=lambda step, run: schedule(step), loss_fn=plain_cross_entropy,
+      backbone_grad_scale=lambda run: 1.0), tiny_config), devices)
   data = batches(2)
   ours_state, ours_metrics = run(ours, state, data)
   ref_state, ref_metrics = run(reference, state, data)
@@ -78,7 +79,7 @@ def one_and_eight_devices(config, kind, num_steps):
   """Final states and metrics of the same steps on 1 and on 8 devices, and the start."""
   config.sila.update(num_heads=2, attach='stage2', kl_weight=0.5)
   model, tx, schedule, state = setup(config)
-  step_fn = every_run(train_step_lib.make_train_step(model, tx, schedule, config), config)
+  step_fn = every_run(train_step_lib.make_train_step(model, schedule, config), config)
   data = batches(num_steps)
   one = run(parallel_lib.create_parallel(kind, step_fn, jax.devices()[:1]), state, data)
   eight = run(parallel_lib.create_parallel(kind, step_fn, jax.devices()[:8]), state, data)
@@ -108,7 +109,7 @@ def test_eight_devices_match_one_over_two_steps(tiny_config, kind):
 
 def test_shard_map_and_pmap_agree(tiny_config):
   model, tx, schedule, state = setup(tiny_config)
-  step_fn = every_run(train_step_lib.make_train_step(model, tx, schedule, tiny_config),
+  step_fn = every_run(train_step_lib.make_train_step(model, schedule, tiny_config),
                       tiny_config)
   data = batches(1)
   shard_state, _ = run(parallel_lib.ShardMapParallel(step_fn, jax.devices()[:8]), state, data)
@@ -132,3 +133,42 @@ def test_schedules_warm_up_then_decay(tiny_config, schedule):
   assert lr(99) < 0.01
   if schedule == 'step':
     np.testing.assert_allclose([lr(49), lr(51), lr(76)], [0.4, 0.04, 0.004], rtol=1e-5)
+
+
+def test_rescaled_twin_sila_with_agreeing_heads_steps_the_backbone_like_plain_training(
+    tiny_config):
+  # With the Siamese head a copy of the main head, twin SiLa (lambda = 1) sends the backbone
+  # twice the plain gradient; rescaling halves it back. Doubling and halving are exact in
+  # floating point, so one step must match plain training bit for bit.
+  tiny_config.sila.update(attach='features', weight=1.0, rescale_backbone_grad=True)
+  model, _, schedule, state = setup(tiny_config)
+  state = state.replace(params={**state.params,
+                                'siamese_heads': {'head_0': state.params['head']}})
+  unrescaled_config = tiny_config.copy_and_resolve_references()
+  unrescaled_config.sila.rescale_backbone_grad = False
+  plain_config = tiny_config.copy_and_resolve_references()
+  plain_config.sila.enabled = False
+  plain_model, _, _, plain_state = setup(plain_config)
+  plain_state = plain_state.replace(
+      params={k: state.params[k] for k in ('backbone', 'head')}, batch_stats=state.batch_stats)
+  devices = jax.devices()[:1]
+  data = batches(1)
+
+  def one_step(step_model, config, start):
+    step_fn = every_run(train_step_lib.make_train_step(step_model, schedule, config), config)
+    return run(parallel_lib.ShardMapParallel(step_fn, devices), start, data)[0]
+  rescaled = one_step(model, tiny_config, state)
+  unrescaled = one_step(model, unrescaled_config, state)
+  plain = one_step(plain_model, plain_config, plain_state)
+  chex.assert_trees_all_equal(rescaled.params['backbone'], plain.params['backbone'])
+  chex.assert_trees_all_equal(rescaled.batch_stats, plain.batch_stats)
+  # The heads' own gradients are not rescaled. (The main head's matches plain training's to
+  # rounding: its loss sums with the Siamese head's before the batch mean.)
+  chex.assert_trees_all_equal(rescaled.params['head'], unrescaled.params['head'])
+  chex.assert_trees_all_close(rescaled.params['head'], plain.params['head'], rtol=1e-6)
+  chex.assert_trees_all_equal(rescaled.params['siamese_heads'],
+                              unrescaled.params['siamese_heads'])
+  # Without rescaling the backbone takes the larger step, so the equality above is a test.
+  moved = jax.tree_util.tree_map(lambda a, b: np.abs(a - b).max(), unrescaled.params['backbone'],
+                                 plain.params['backbone'])
+  assert max(jax.tree_util.tree_leaves(moved)) > 1e-4

@@ -5,7 +5,9 @@ Nesterov, weight decay 5e-4, cosine decay after a short warm-up, validation afte
 step. The budget is what this project's 2-core CPU affords for every arm x 3 seeds (about
 180 images/s for ResNet-20): 200 steps of batch 64 (12,800 images, 0.28 epochs), the
 smaller batch giving more updates for the images; lr 0.05, linearly scaled from 0.1 at 128.
-On a GPU, experiments/device_grid.sh passes a real budget as --config overrides.
+At this budget the grids describe the start of training and decide nothing. The GPU campaign
+(configs/campaign.py, run by experiments/campaign.sh) trains their arms at a real budget, 50
+epochs of the standard recipe.
 """
 from sila_jax.configs import cifar10_folder
 
@@ -23,7 +25,7 @@ def get_config():
   config.log_every_steps = 10
   config.checkpoint_every_steps = 50
   # The SiLa settings the grids measured from, pinned: the defaults in configs/default.py
-  # follow the ablation's result and must not move the grids' runs.
+  # may follow later evidence and must not move the grids' runs.
   config.sila.update(enabled=True, num_heads=1, head='twin', attach='features', variant='twin',
                      weight=1.0, kl_weight=0.0, temperature=1.0)
   return config

@@ -7,7 +7,9 @@ A campaign file's `get_campaign()` lists blocks in priority order, each {'name',
 experiment grid, sila_jax/experiments.py), 'title'}. A call reads what is finished under
 DIR/<block>/runs and trains the next unfinished computations (experiments.group of a block's
 runs: runs differing only in runs.FIELDS train as one) in priority order, starting none it
-expects not to finish inside what is left of --budget_s. Estimates: compile + R x steps x batch
+expects not to finish inside what is left of --budget_s. Every run takes --data_dir and the
+form of the run axis' convolutions measured fastest on the device kind (neither changes
+what a run computes, so neither is part of a run's identity: experiments.MACHINE_FIELDS). Estimates: compile + R x steps x batch
 / aggregate images/s at R runs + validation, the images/s taken from this campaign's
 throughput records for the device kind (DIR/throughput/*.jsonl, written by
 benchmarks.batched_runs), else from --throughput files (default: the committed device
@@ -97,8 +99,9 @@ def campaign_path(value: str) -> str:
   raise ConfigError(f'No campaign file {value}.')
 
 
-def load_campaign(path: str) -> list[Block]:
-  """The blocks of the campaign file at `path`, every run's config checked."""
+def load_campaign(path: str, overrides: dict[str, Any] | None = None) -> list[Block]:
+  """The blocks of the campaign file at `path`, `overrides` ({field: value}) applied to every
+  run, every run's config checked."""
   spec = importlib.util.spec_from_file_location('campaign_file', campaign_path(path))
   module = importlib.util.module_from_spec(spec)
   try:
@@ -116,7 +119,7 @@ def load_campaign(path: str) -> list[Block]:
       raise ConfigError(f'{path}: block name {name!r} is used twice or reserved.')
     grid = experiments.check_grid(entry['grid'], f'{path}: block {name}')
     try:
-      planned = experiments.plan(grid, {})
+      planned = experiments.plan(grid, overrides or {})
       for run in planned:  # Every mistake before anything compiles.
         config_checks.check_config(run.config, 1)
     except ConfigError as e:
@@ -125,23 +128,6 @@ def load_campaign(path: str) -> list[Block]:
   if not blocks:
     raise ConfigError(f'{path}: get_campaign() lists no blocks.')
   return blocks
-
-
-def link_data(blocks: list[Block], data_dir: str) -> None:
-  """Makes each block's config.data_dir lead to `data_dir`: runs are known by their whole
-  config, so the path they name stays fixed wherever this call's data was unpacked."""
-  for named in sorted({run.config.data_dir for block in blocks for run in block.planned}):
-    if os.path.abspath(named) == os.path.abspath(data_dir):
-      continue
-    if os.path.exists(named) and not os.path.islink(named):
-      if os.path.samefile(named, data_dir):
-        continue
-      raise ConfigError(f'The campaign reads its data from {named}, which holds other files; '
-                        f'move them, or unpack the data there and pass --data_dir {named}.')
-    os.makedirs(os.path.dirname(os.path.abspath(named)), exist_ok=True)
-    temporary = f'{named}.link-{os.getpid()}'
-    os.symlink(os.path.abspath(data_dir), temporary)
-    os.replace(temporary, named)
 
 
 # ---------------------------------------------------------------------------------------
@@ -203,6 +189,22 @@ class Estimator:
     self.sources = sources
     self.calibration = calibration  # (factor, computations it comes from)
     self.platform = 'cpu' if device_kind.lower() == 'cpu' else 'accelerator'
+    self.peer_conv, self.peer_conv_note = self._fastest_form()
+
+  def _fastest_form(self) -> tuple[str, str]:
+    """The form of the run axis' convolutions (config.kernels.peer_conv) the computations
+    take: the fastest measured at the largest batched R, else what 'auto' takes here; and
+    why, for the listing."""
+    auto = model_lib.AUTO_KERNELS['cpu' if self.platform == 'cpu' else 'gpu']['peer_conv']
+    batched = [r for r in self.rows if r.get('num_runs', 1) > 1 and 'peer_conv' in r]
+    if not batched:
+      return auto, (f"{auto}, what 'auto' takes there (no batched runs measured on "
+                    f'{self.device_kind})')
+    largest = max(r['num_runs'] for r in batched)
+    fastest = max((r for r in batched if r['num_runs'] == largest),
+                  key=lambda r: r['images_per_sec'])
+    return fastest['peer_conv'], (f"{fastest['peer_conv']} (the fastest measured at "
+                                  f'{largest} runs on {self.device_kind})')
 
   def _matching(self, cell: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for r in self.rows if all(r.get(k, REFERENCE.get(k)) == v for k, v in cell.items())]
@@ -274,9 +276,9 @@ class Estimator:
   def _points(self, cell: dict[str, Any], batch_size: int) -> dict[int, tuple[float, float]]:
     """{images per step (R x batch): (step seconds, compile seconds)} of `cell`'s records, the
     mean step time over repeats: batched rows at `batch_size` per run when there are any, in
-    the run axis' convolution form that config.kernels.peer_conv='auto' takes here."""
-    auto = model_lib.AUTO_KERNELS['cpu' if self.platform == 'cpu' else 'gpu']['peer_conv']
-    rows = [r for r in self._matching(cell) if r.get('peer_conv', auto) in (auto, 'auto')]
+    the form the computations take (`peer_conv`; one run has no run axis, so any form)."""
+    rows = [r for r in self._matching(cell)
+            if r.get('num_runs', 1) == 1 or r.get('peer_conv') == self.peer_conv]
     batched = [r for r in rows if 'num_runs' in r and r['batch_size'] == batch_size]
     points: dict[int, list[tuple[float, float]]] = {}
     for row in batched or rows:
@@ -593,7 +595,8 @@ def append_log(out: str, blocks: list[Block], done: list[dict[str, Any]], stoppe
 def listing(blocks: list[Block], out: str, estimator: Estimator, budget_s: float) -> str:
   """What --dry_run prints: per block the runs left, its computations with their estimated
   minutes and the factors behind them; the total, and how many calls of `budget_s`."""
-  lines = [f'Estimates for {estimator.device_kind} from {estimator.sources}.']
+  lines = [f'Estimates for {estimator.device_kind} from {estimator.sources}.',
+           f"The run axis' convolutions (kernels.peer_conv): {estimator.peer_conv_note}."]
   pending = []
   for block in blocks:
     mine = block_computations(block, out, estimator)
@@ -708,10 +711,12 @@ def run_campaign(campaign: str, out: str, budget_s: float = DEFAULT_BUDGET_S, *,
       raise ConfigError(f'No throughput file {path}.')
   if data_dir and not os.path.isdir(data_dir):
     raise ConfigError(f'--data_dir {data_dir} is not a directory.')
-  blocks = load_campaign(campaign)
-  if data_dir and not dry_run:
-    link_data(blocks, data_dir)
   estimator = make_estimator(out, device_kind, list(throughput), dry_run)
+  # Neither changes what a run computes (experiments.MACHINE_FIELDS).
+  overrides = {'kernels.peer_conv': estimator.peer_conv}
+  if data_dir:
+    overrides['data_dir'] = data_dir
+  blocks = load_campaign(campaign, overrides)
   if dry_run:
     print(listing(blocks, out, estimator, budget_s))
     return []
@@ -737,8 +742,8 @@ def main() -> None:
                                 'compilation included.')
   dry_run = flags.DEFINE_bool('dry_run', False, 'List what is left with its estimated GPU '
                               'minutes; train nothing.')
-  data_dir = flags.DEFINE_string('data_dir', '', "Where this call's CIFAR-10 folder is; the "
-                                 "blocks' data_dir is linked to it.")
+  data_dir = flags.DEFINE_string('data_dir', '', "Where this call's CIFAR-10 folder is "
+                                 "(every run's data_dir).")
   device_kind = flags.DEFINE_string('device_kind', '', 'Estimate for this device kind '
                                     "(default: this machine's; a dry run on a CPU: the "
                                     'accelerator of the newest records).')

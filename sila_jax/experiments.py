@@ -35,6 +35,7 @@ import numpy as np
 from absl import logging
 from scipy import stats
 
+from sila_jax.configs import default
 from sila_jax import config_checks
 from sila_jax import export
 from sila_jax import metrics
@@ -43,6 +44,9 @@ from sila_jax import train
 from sila_jax.errors import ConfigError
 
 GRID_KEYS = {'config', 'arms', 'seeds', 'baselines', 'caption', 'export_seeds'}
+# Where the data lies and how kernels compute (the same values, at another speed): a run
+# finished with other values of these is the same run.
+MACHINE_FIELDS = ('data_dir', 'kernels.peer_conv', 'kernels.dynamic_conv')
 # What summary.csv gives the mean and std of per arm: the final validation, then the last
 # training record (runs.csv holds every 'val_' and 'train_' metric of each run).
 SUMMARY_METRICS = ('val_accuracy', 'val_loss', 'train_loss', 'train_loss_main',
@@ -58,8 +62,12 @@ class Run:
 
   @property
   def digest(self) -> str:
-    """Names the run's config: a finished run is reused only while this is unchanged."""
-    return _digest(self.config.to_dict())
+    """Names the run's config but MACHINE_FIELDS: a finished run is reused only while this
+    is unchanged."""
+    identity = self.config.copy_and_resolve_references()
+    identity.update_from_flattened_dict(
+        {path: config_checks.get_field(default.get_config(), path) for path in MACHINE_FIELDS})
+    return _digest(identity.to_dict())
 
   @property
   def result_path(self) -> str:
@@ -510,7 +518,6 @@ def write_summaries(grid: dict[str, Any], planned: list[Run], out: str, command:
 def main() -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  from sila_jax.configs import default  # pylint: disable=g-import-not-at-top
   from sila_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from sila_jax import cli  # pylint: disable=g-import-not-at-top
 

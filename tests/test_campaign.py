@@ -12,7 +12,6 @@ import pytest
 from sila_jax import campaign
 from sila_jax import experiments
 from sila_jax.configs import campaign as campaign_config
-from sila_jax.configs import campaign_quick
 from sila_jax.errors import ConfigError
 from tests.test_faults import ROOT
 
@@ -43,6 +42,24 @@ RECORDS = [row('plain', 1, 40_000), row('plain', 8, 200_000), row('sila', 1, 36_
 
 def estimator(rows=RECORDS):
   return campaign.Estimator(GPU, rows, 'test rows')
+
+
+def test_computations_take_the_fastest_measured_form_which_is_not_part_of_a_run():
+  grouped = [row('sila', 16, 250_000, peer_conv='grouped'), row('sila', 8, 150_000,
+                                                                   peer_conv='grouped')]
+  chosen = estimator(RECORDS + grouped)
+  assert chosen.peer_conv == 'grouped' and 'fastest measured at 16 runs' in chosen.peer_conv_note
+  config = campaign_config.recipe(50)
+  seconds, _, _ = chosen.step_seconds(config, 16)  # From the grouped row alone.
+  assert seconds == pytest.approx(16 * 128 / 250_000)
+  assert estimator([row('sila', 1, 36_000)]).peer_conv == 'sliced'  # 'auto' on a GPU.
+  planned = experiments.plan(campaign_config.get_campaign()[0]['grid'], {})[0]
+  moved = experiments.Run(planned.arm, planned.seed, planned.config.copy_and_resolve_references())
+  moved.config.update_from_flattened_dict({'data_dir': '/elsewhere',
+                                           'kernels.peer_conv': 'grouped'})
+  assert moved.digest == planned.digest
+  moved.config.optimizer.learning_rate = 0.3
+  assert moved.digest != planned.digest
 
 
 def test_estimate_interpolates_measured_throughput():
@@ -170,10 +187,11 @@ def wait_for(condition, process, seconds):
 
 def test_quick_campaign_stops_on_sigterm_and_continues(tmp_path):
   out = str(tmp_path / 'campaign')
-  # Records for this CPU, so that no throughput stage runs and both blocks fit the budget.
+  # The whole quick sweep for this CPU, so that no throughput stage runs and both blocks fit
+  # the budget.
   write_rows(os.path.join(out, 'throughput', 'cpu.jsonl'),
-             [row('sila', r, 200.0 * r, device_kind='cpu', width=0.25, batch_size=16,
-                  dtype='float32') for r in (1, 2)])
+             [row(method, r, 200.0 * r, device_kind='cpu', width=0.25, batch_size=16,
+                  dtype='float32') for method in ('plain', 'sila') for r in (1, 2)])
   command = ['bash', 'experiments/campaign.sh', '--quick', '--out_dir', out]
   process = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
@@ -194,6 +212,7 @@ def test_quick_campaign_stops_on_sigterm_and_continues(tmp_path):
   tables = open(os.path.join(out, 'tables.md')).read()
   assert '(`first`)' in tables and '(`second`)' not in tables
 
+  # The rerun unpacks its data into another temporary folder: the finished runs still count.
   again = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True,
                          timeout=600)
   assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
@@ -208,4 +227,3 @@ def test_quick_campaign_stops_on_sigterm_and_continues(tmp_path):
   assert summary in tables and '| sila | 2 |' in summary
   calls = [json.loads(line) for line in open(os.path.join(out, 'computations.jsonl'))]
   assert [(c['block'], c['runs']) for c in calls] == [('first', 4), ('second', 4)]
-  assert os.path.realpath(campaign_quick.DATA_DIR) != campaign_quick.DATA_DIR  # Linked.

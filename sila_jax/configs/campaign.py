@@ -13,8 +13,8 @@ computation with the SiLa arms; the step-size controls (SILA.md "The step-size e
 controls") are plain at loss_scale 2 and at learning rates 0.2 and 0.05, and SiLa with
 backpropagation rescaling (sila.rescale_backbone_grad).
 
-A run is known by its whole config, data_dir included: every block names /tmp/cifar10, and the
-campaign links its --data_dir there, so finished runs count wherever the data was unpacked.
+The campaign gives every run its --data_dir and the fastest measured form of the run axis'
+convolutions (kernels.peer_conv); neither is part of a run's identity.
 """
 from sila_jax.configs import cifar10_folder
 from sila_jax.configs.grids import ablation

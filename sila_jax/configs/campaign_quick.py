@@ -6,14 +6,10 @@ The second block trains long enough for a test to stop it with SIGTERM while it 
 """
 from sila_jax.configs import cifar10_folder
 
-# Runs are known by their whole config: the campaign links its --data_dir here.
-DATA_DIR = '/tmp/sila_campaign_quick/cifar10'
-
 
 def recipe(steps: int):
   """A quarter-width ResNet-20 trained `steps` steps of batch 16 on 20 images per class."""
   config = cifar10_folder.get_config()
-  config.data_dir = DATA_DIR
   config.train_split = 'train[:-4]'
   config.eval_split = 'train[-4:]'
   config.width = 0.25

@@ -40,7 +40,6 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from typing import Any
@@ -102,13 +101,7 @@ def campaign_path(value: str) -> str:
 def load_campaign(path: str, overrides: dict[str, Any] | None = None) -> list[Block]:
   """The blocks of the campaign file at `path`, `overrides` ({field: value}) applied to every
   run, every run's config checked."""
-  spec = importlib.util.spec_from_file_location('campaign_file', campaign_path(path))
-  module = importlib.util.module_from_spec(spec)
-  try:
-    spec.loader.exec_module(module)
-    entries = module.get_campaign()
-  except Exception as e:  # A campaign file is user code: report its mistake in one line.
-    raise ConfigError(f'{path}: {type(e).__name__}: {e}') from e
+  entries = experiments.call_file_function(campaign_path(path), 'get_campaign')
   blocks = []
   for entry in entries:
     name = entry.get('name') if isinstance(entry, dict) else None

@@ -82,14 +82,20 @@ def load_grid(path: str) -> dict[str, Any]:
   """The dict `get_grid()` of the grid file at `path` returns, checked."""
   if not os.path.isfile(path):
     raise ConfigError(f'No grid file {path}.')
-  spec = importlib.util.spec_from_file_location('grid', path)
+  return check_grid(call_file_function(path, 'get_grid'), path)
+
+
+def call_file_function(path: str, name: str) -> Any:
+  """What function `name` of the Python file at `path` returns (a grid or campaign file: user
+  code, whose mistakes are reported as one ConfigError line)."""
+  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0],
+                                                path)
   module = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(module)
-    grid = module.get_grid()
-  except Exception as e:  # A grid file is user code: report its mistake in one line.
+    return getattr(module, name)()
+  except Exception as e:  # User code: report its mistake in one line.
     raise ConfigError(f'{path}: {type(e).__name__}: {e}') from e
-  return check_grid(grid, path)
 
 
 def check_grid(grid: dict[str, Any], where: str) -> dict[str, Any]:

@@ -12,7 +12,6 @@ import pytest
 from sila_jax import campaign
 from sila_jax import experiments
 from sila_jax.configs import campaign as campaign_config
-from sila_jax.errors import ConfigError
 from tests.test_faults import ROOT
 
 ENV = {**os.environ, 'XLA_FLAGS': '',  # One CPU device, like one GPU.

@@ -128,12 +128,8 @@ def load_campaign(path: str, overrides: dict[str, Any] | None = None) -> list[Bl
 
 def read_records(paths: list[str]) -> list[dict[str, Any]]:
   """Every throughput row (device_kind, images_per_sec, ...) of the JSON-lines files."""
-  rows = []
-  for path in paths:
-    with open(path) as f:
-      rows += [row for row in map(json.loads, filter(str.strip, f))
-               if 'device_kind' in row and 'images_per_sec' in row]
-  return rows
+  return [row for path in paths for row in read_jsonl(path)
+          if 'device_kind' in row and 'images_per_sec' in row]
 
 
 def campaign_record_files(out: str) -> list[str]:

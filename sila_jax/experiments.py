@@ -47,6 +47,9 @@ GRID_KEYS = {'config', 'arms', 'seeds', 'baselines', 'caption', 'export_seeds'}
 # Where the data lies and how kernels compute (the same values, at another speed): a run
 # finished with other values of these is the same run.
 MACHINE_FIELDS = ('data_dir', 'kernels.peer_conv', 'kernels.dynamic_conv')
+# What a run's identity takes them as: their defaults.
+_MACHINE_DEFAULTS = {path: config_checks.get_field(default.get_config(), path)
+                     for path in MACHINE_FIELDS}
 # What summary.csv gives the mean and std of per arm: the final validation, then the last
 # training record (runs.csv holds every 'val_' and 'train_' metric of each run).
 SUMMARY_METRICS = ('val_accuracy', 'val_loss', 'train_loss', 'train_loss_main',
@@ -65,8 +68,7 @@ class Run:
     """Names the run's config but MACHINE_FIELDS: a finished run is reused only while this
     is unchanged."""
     identity = self.config.copy_and_resolve_references()
-    identity.update_from_flattened_dict(
-        {path: config_checks.get_field(default.get_config(), path) for path in MACHINE_FIELDS})
+    identity.update_from_flattened_dict(_MACHINE_DEFAULTS)
     return _digest(identity.to_dict())
 
   @property

@@ -41,7 +41,7 @@ import jax
 from absl import logging
 
 from benchmarks import throughput
-from sila_jax import checkpoint
+from sila_jax import cli
 from sila_jax import conv
 from sila_jax import input_pipeline
 from sila_jax import metrics
@@ -205,7 +205,7 @@ def main(argv=None):
   start = time.perf_counter()
   args = parse_args(argv)
   logging.set_verbosity(logging.WARNING)
-  checkpoint.quiet_orbax_logs()
+  cli.quiet_library_logs()
   device = jax.devices()[0]
   common = {'device_kind': device.device_kind, 'platform': device.platform,
             'jax': jax.__version__, 'model': args.model, 'width': args.width,

@@ -3,8 +3,8 @@
 Reads what benchmarks/device_check.sh (and later runs beside it) wrote into DIR:
 throughput*.jsonl, training.jsonl, *_metrics.jsonl (a train.py run's metrics.jsonl, in either
 format: records with a 'type', or the older untyped ones whose validation figures carry a
-'val_' prefix), kernels.jsonl and env.txt; writes DIR/summary.md and prints it. The README
-quotes these tables.
+'val_' prefix), kernels.jsonl and env.txt; writes DIR/summary.md and prints it.
+docs/results.md quotes these tables.
 """
 import glob
 import json

@@ -25,7 +25,7 @@ from absl import logging
 from PIL import Image
 
 from sila_jax.configs import default
-from sila_jax import checkpoint
+from sila_jax import cli
 from sila_jax import input_pipeline
 from sila_jax import metrics
 from sila_jax import train
@@ -129,7 +129,7 @@ def main():
   for name in ('models', 'methods', 'inputs', 'dtypes'):
     setattr(args, name, tuple(getattr(args, name).split(',')))
   logging.set_verbosity(logging.WARNING)
-  checkpoint.quiet_orbax_logs()
+  cli.quiet_library_logs()
   input_pipeline.open_source = CachedSources()
 
   device = jax.devices()[0]

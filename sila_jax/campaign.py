@@ -24,8 +24,8 @@ that every call forms the same computations): a block that does not fit a call r
 computation by computation across calls. Each finished run is written at once; SIGTERM (or
 the budget running out) stops the computation in training, whose finished runs are kept.
 After each computation the block's summaries (experiments.write_summaries) and DIR/tables.md
-(each block's summary.md, the newest first) are rewritten, and README.md's include blocks
-refreshed when DIR is the repository's results/campaign and README.md includes its files.
+(each block's summary.md, the newest first) are rewritten, and, when DIR is the repository's
+results/campaign, the include blocks of every page (README.md, docs/*.md) including its files.
 Every call but a dry run appends to DIR/log.md: date, machine, jax, commit, what it finished,
 what is left, wall time. --dry_run trains nothing and lists what is left: runs,
 computations, estimated GPU minutes per block and in total, and calls at --budget_s.
@@ -492,30 +492,33 @@ def write_tables(blocks: list[Block], out: str) -> str:
 
 
 def refresh_readme(out: str) -> None:
-  """Rewrites README.md's include blocks (experiments/readme_tables.py) if `out` is the
-  repository's results/campaign and README.md includes one of its files."""
-  readme = os.path.join(ROOT, 'README.md')
+  """Rewrites the include blocks (experiments/readme_tables.py) of every page, README.md and
+  docs/*.md, that includes a file of results/campaign, if `out` is the repository's
+  results/campaign."""
   campaign_dir = os.path.join(ROOT, 'results', 'campaign')
-  if (not os.path.exists(readme) or not os.path.isdir(campaign_dir)
-      or not os.path.samefile(out, campaign_dir)):
+  script = os.path.join(ROOT, 'experiments', 'readme_tables.py')
+  if (not os.path.isdir(campaign_dir) or not os.path.samefile(out, campaign_dir)
+      or not os.path.exists(script)):
     return
-  with open(readme) as f:
-    text = f.read()
-  if '<!-- include results/campaign/' not in text:
-    return
-  spec = importlib.util.spec_from_file_location(
-      'readme_tables', os.path.join(ROOT, 'experiments', 'readme_tables.py'))
+  spec = importlib.util.spec_from_file_location('readme_tables', script)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  try:
-    fresh, changed = module.included(text)
-  except FileNotFoundError as e:
-    print(f'README.md not refreshed: it includes a file that does not exist ({e.filename}).')
-    return
-  if changed:
-    with open(readme, 'w') as f:
-      f.write(fresh)
-    print(f'Refreshed README.md: {", ".join(changed)}.')
+  for name in module.pages():
+    path = os.path.join(ROOT, name)
+    with open(path) as f:
+      text = f.read()
+    if '<!-- include results/campaign/' not in text:
+      continue
+    try:
+      fresh, changed = module.included(text)
+    except FileNotFoundError as e:
+      print(f'{name} not refreshed: it includes a file that does not exist '
+            f'({os.path.relpath(e.filename, ROOT)}).')
+      continue
+    if changed:
+      with open(path, 'w') as f:
+        f.write(fresh)
+      print(f'Refreshed {name}: {", ".join(changed)}.')
 
 
 def local_device() -> tuple[str, int, str]:
@@ -644,9 +647,9 @@ def train(computation: Computation, out: str, estimator: Estimator) -> dict[str,
   block = computation.block
   start = time.perf_counter()
   export_seeds = tuple(block.grid.get('export_seeds', ()))
-  if not experiments.train_group(list(computation.members), block_out(out, block),
-                                 export_seeds=export_seeds):
-    return None
+  if experiments.train_group(list(computation.members), block_out(out, block),
+                             export_seeds=export_seeds):
+    return None  # Stopped.
   row = {'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
          'device_kind': estimator.device_kind, 'block': block.name,
          'runs': len(computation.members),
@@ -722,7 +725,6 @@ def run_campaign(campaign: str, out: str, budget_s: float = DEFAULT_BUDGET_S, *,
 
 def main() -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from sila_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from sila_jax import cli  # pylint: disable=g-import-not-at-top
 
   out_dir = flags.DEFINE_string('out_dir', None, 'The campaign folder (results/campaign).')
@@ -742,7 +744,6 @@ def main() -> None:
 
   def run(argv):
     del argv
-    checkpoint.quiet_orbax_logs()
     run_campaign(campaign.value, out_dir.value, budget_s.value, dry_run=dry_run.value,
                  data_dir=data_dir.value, device_kind=device_kind.value,
                  throughput=tuple(throughput.value))

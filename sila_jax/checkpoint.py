@@ -9,12 +9,11 @@ checkpoint; the digests catch files damaged afterwards.
 """
 import contextlib
 import hashlib
-import logging
 import os
 import time
 from typing import Any
 
-from absl import logging as absl_logging
+from absl import logging
 import flax
 import jax
 import ml_collections
@@ -40,12 +39,6 @@ TRAINING_FIELDS = MAIN_BRANCH_FIELDS + ('sila.enabled', 'sila.num_heads', 'sila.
 # TrainState fields added since checkpoints were first written; an older checkpoint restores
 # them as zeros (its runs had not diverged: training stopped at a non-finite loss then).
 ADDED_STATE_FIELDS = ('diverged_step',)
-
-
-def quiet_orbax_logs() -> None:
-  """Drops orbax's INFO lines (several per save) from the absl log; warnings stay."""
-  absl_logging.get_absl_handler().addFilter(
-      lambda record: record.levelno >= logging.WARNING or '/orbax/' not in record.pathname)
 
 
 def create_manager(workdir: str, which: str = LATEST, keep: int = 1) -> ocp.CheckpointManager:
@@ -167,7 +160,7 @@ def restore_newest_readable(manager: ocp.CheckpointManager, abstract_state: Any,
       return flax.serialization.from_state_dict(abstract_state, restored)
     if jax.process_index() == 0:
       moved = _move_aside(directory, step)
-      absl_logging.warning('Checkpoint at step %d is corrupt: %s. Moved it to %s; trying the '
+      logging.warning('Checkpoint at step %d is corrupt: %s. Moved it to %s; trying the '
                            'previous one.', step, problem or 'unreadable in another process',
                            moved)
     distributed.barrier(f'checkpoint {step} set aside')
@@ -235,7 +228,7 @@ def best_accuracy(manager: ocp.CheckpointManager) -> float:
   try:
     return read_meta(manager, step)['val_accuracy']
   except Exception as e:  # A damaged best checkpoint is replaced by the next best.
-    absl_logging.warning('Best checkpoint at step %d is unreadable (%s); it will be replaced.',
+    logging.warning('Best checkpoint at step %d is unreadable (%s); it will be replaced.',
                          step, _first_line(e))
     return -np.inf
 

@@ -1,18 +1,24 @@
-"""What the commands (sila-train, sila-eval, sila-export) share: flag parsing, finding a
-shipped config by name, one-line user errors and Ctrl-C."""
+"""What the commands (sila-train, sila-eval, sila-export, the experiment runner and the
+campaign) share: flag parsing, finding a shipped config by name, a log without the libraries'
+chatter, one-line user errors and Ctrl-C."""
+import importlib.util
+import logging
 import os
 import sys
 from typing import Callable
 
 from absl import app
 from absl import flags
+from absl import logging as absl_logging
 
 from sila_jax import config_checks
 from sila_jax import configs
-from sila_jax.errors import ConfigError, UserError
+from sila_jax.errors import INTERRUPTED, ConfigError, UserError
 
 CONFIG_DIR = os.path.dirname(configs.__file__)
-INTERRUPTED = 130  # The exit status of a command stopped by Ctrl-C (128 + SIGINT).
+# Libraries whose INFO lines (JAX probing for a TPU, orbax's lines per save, optax's notes)
+# stay out of the commands' log unless --verbosity is 1 or more.
+QUIET_LIBRARIES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax', 'chex')
 
 
 def shipped_configs() -> list[str]:
@@ -78,6 +84,32 @@ def unknown_override(argv: list[str]) -> str | None:
   return None
 
 
+def _library_dirs() -> tuple[str, ...]:
+  """The installed directories of QUIET_LIBRARIES' packages, each ending in a separator."""
+  dirs = []
+  for name in QUIET_LIBRARIES:
+    spec = importlib.util.find_spec(name)
+    for location in (spec.submodule_search_locations or []) if spec else []:
+      dirs.append(os.path.join(os.path.realpath(location), ''))
+  return tuple(dirs)
+
+
+def quiet_library_logs() -> None:
+  """Drops the INFO lines of QUIET_LIBRARIES from the absl log (warnings and errors stay),
+  unless absl's --verbosity (-v) is 1 or more. Calling it again changes nothing."""
+  if flags.FLAGS.is_parsed() and flags.FLAGS.verbosity >= 1:
+    return
+  handler = absl_logging.get_absl_handler()
+  if not any(getattr(f, 'quiet_libraries', False) for f in handler.filters):
+    dirs = _library_dirs()
+
+    def ours(record: logging.LogRecord) -> bool:
+      return (record.levelno >= logging.WARNING
+              or not os.path.realpath(record.pathname).startswith(dirs))
+    ours.quiet_libraries = True
+    handler.addFilter(ours)
+
+
 def _drop_closed_loop_noise(unraisable) -> None:
   # When orbax fails to read a damaged checkpoint it closes its event loop while other
   # reads are still in flight; their late callbacks raise this. Nothing is lost by it.
@@ -87,14 +119,16 @@ def _drop_closed_loop_noise(unraisable) -> None:
 
 
 def run(main: Callable[[list[str]], None]) -> None:
-  """app.run(main), printing a UserError as one line and exiting with status 1, and a
-  KeyboardInterrupt (Ctrl-C where the command does not catch it) as one line, status 130."""
+  """app.run(main), the libraries' INFO lines left out of the log (quiet_library_logs),
+  printing a UserError as one line and exiting with status 1, and a KeyboardInterrupt
+  (Ctrl-C where the command does not catch it) as one line, status 130."""
   sys.unraisablehook = _drop_closed_loop_noise
 
   def main_reporting_user_errors(argv):
     command = os.path.basename(argv[0])
     if len(argv) > 1:
       raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    quiet_library_logs()
     try:
       main(argv)
     except UserError as e:

@@ -65,13 +65,16 @@ RULES = {
     **dict.fromkeys(('batch_size', 'eval_batch_size', 'num_classes', 'image_size',
                      'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
                      'num_runs', 'loss_scale', 'optimizer.learning_rate',
-                     'optimizer.lr_decay_factor', 'sila.num_heads', 'sila.temperature',
+                     'optimizer.lr_decay_factor', 'sila.temperature',
                      'dynamic.num_kernels', 'dynamic.tau_start', 'dml.num_peers',
                      'dml.temperature'), _POSITIVE),
     **dict.fromkeys(('num_epochs', 'sila.weight', 'sila.kl_weight', 'dml.weight',
                      'optimizer.weight_decay', 'optimizer.warmup_epochs',
                      'dynamic.tau_epochs'), _NON_NEGATIVE),
     **dict.fromkeys(('label_smoothing', 'dropout_rate', 'optimizer.momentum'), _FRACTION),
+    'sila.num_heads': (lambda v: 0 < v <= heads.MAX_SIAMESE_HEADS,
+                       f'must be in 1..{heads.MAX_SIAMESE_HEADS} (each head is a module of its '
+                       'own, so building the model takes time in proportion to their number)'),
     'width': (lambda v: v > 1 / 32, 'must be more than 1/32, so that 16-channel layers keep '
                                     'a channel'),
     'eval_every_steps': (lambda v: v >= -1,
@@ -86,6 +89,22 @@ RULES = {
         'must be increasing fractions of the run, in (0, 1)'),
 }
 IMAGE_SIZES = {'cifar10': 32, 'cifar100': 32}  # Datasets whose images have one size.
+
+
+def profiled_steps(value: str) -> tuple[int, int] | None:
+  """config.profile_steps 'a,b' -> (a, b), the trace covering steps a+1..b; '' -> None.
+
+  Raises:
+    ConfigError: `value` is not '' nor two integers 0 <= a < b.
+  """
+  if not value:
+    return None
+  first, comma, last = value.partition(',')
+  if not (comma and first.strip().isdecimal() and last.strip().isdecimal()
+          and int(first) < int(last)):
+    raise ConfigError(f"profile_steps must be 'a,b' with integers 0 <= a < b (trace steps "
+                      f"a+1..b), or '' for none, got {value!r}.")
+  return int(first), int(last)
 
 
 def _rule_problems(path: str, value: Any, where: str = '') -> Iterator[str]:
@@ -129,6 +148,10 @@ def _value_problems(config: ml_collections.ConfigDict, num_devices: int,
 
   for path in RULES:
     yield from _rule_problems(path, get_field(config, path))
+  try:
+    profiled_steps(config.profile_steps)
+  except ConfigError as e:
+    yield str(e)
   if config.sila.rescale_backbone_grad and config.sila.variant != 'twin':
     yield (f"sila.rescale_backbone_grad applies to the twin variant, not "
            f"{config.sila.variant!r}: joint heads share one softmax and add no step.")
@@ -148,7 +171,13 @@ def _value_problems(config: ml_collections.ConfigDict, num_devices: int,
 
 
 def _run_problems(config: ml_collections.ConfigDict) -> Iterator[str]:
-  """What is wrong with the per-run lists of config.runs (sila_jax/runs.py)."""
+  """What is wrong with the number of runs and the per-run lists of config.runs
+  (sila_jax/runs.py)."""
+  models = config.num_runs * config.dml.num_peers
+  if models > runs.MAX_MODELS:
+    yield (f'num_runs x dml.num_peers is {models}, more than {runs.MAX_MODELS}: every run and '
+           'peer has convolutions of its own in the computation (kernels.peer_conv), so '
+           'start-up takes time in proportion to their number.')
   for name, path in runs.FIELDS.items():
     given = tuple(config.runs[name])
     if given and len(given) != config.num_runs:
@@ -165,6 +194,19 @@ def _run_problems(config: ml_collections.ConfigDict) -> Iterator[str]:
       yield f'runs.{name} must list True or False, got {given}.'
 
 
+def _distinct_runs(config: ml_collections.ConfigDict) -> list[int]:
+  """Runs whose checks find every problem of all: one per distinct combination of per-run
+  settings but the seed, and those of the lowest and highest seed (a range check)."""
+  if config.num_runs < 1:
+    return []
+  seeds = runs.values(config, 'seed')
+  first = {}
+  for r, combination in enumerate(zip(*(runs.values(config, name) for name in runs.FIELDS
+                                        if name != 'seed'))):
+    first.setdefault(combination, r)
+  return sorted({*first.values(), seeds.index(min(seeds)), seeds.index(max(seeds))})
+
+
 def check_config(config: ml_collections.ConfigDict, num_devices: int,
                  num_processes: int = 1) -> None:
   """Raises ConfigError naming every unknown field and invalid value of `config` (of each
@@ -174,7 +216,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int,
   if not problems:
     problems = list(dict.fromkeys(_run_problems(config))) if config.num_runs > 0 else []
   if not problems:
-    per_run = [runs.run_config(config, r) for r in range(config.num_runs)] or [config]
+    per_run = [runs.run_config(config, r) for r in _distinct_runs(config)] or [config]
     problems = list(dict.fromkeys(problem for run_config in per_run for problem in
                                   _value_problems(run_config, num_devices, num_processes)))
   if problems:

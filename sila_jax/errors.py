@@ -1,4 +1,7 @@
-"""Errors in a run's input: the command-line tools print them as one line, no stack trace."""
+"""Errors in a run's input: the command-line tools print them as one line, no stack trace.
+And the exit status they share after Ctrl-C."""
+
+INTERRUPTED = 130  # The exit status of a command stopped by Ctrl-C (128 + SIGINT).
 
 
 class UserError(Exception):

@@ -199,9 +199,10 @@ def export_dir(out: str, run: Run) -> str:
   return os.path.join(out, 'exports', run.arm, f'seed_{run.seed}')
 
 
-def train_group(members: list[Run], out: str, export_seeds: tuple[int, ...] = ()) -> bool:
+def train_group(members: list[Run], out: str, export_seeds: tuple[int, ...] = ()) -> str | None:
   """Trains `members` as one computation, exports those whose seed is in `export_seeds` and
-  writes each run's result; False if stopped.
+  writes each run's result. Returns None, or the stop that cut it short: 'SIGTERM' |
+  'Ctrl-C'.
 
   Each result records 'diverged_step': the first step whose loss was non-finite, or None.
   """
@@ -212,7 +213,7 @@ def train_group(members: list[Run], out: str, export_seeds: tuple[int, ...] = ()
   start = time.perf_counter()
   result = train.train_and_evaluate(config, workdir)
   if result['status'] == 'stopped':
-    return False
+    return result['stopped_by']
   seconds = time.perf_counter() - start
   # Exports before results: a run whose result is saved counts as finished and never returns
   # here, so a stop in between must leave the export to be written again on the rerun.
@@ -230,7 +231,7 @@ def train_group(members: list[Run], out: str, export_seeds: tuple[int, ...] = ()
               'config': run.digest, 'group_runs': len(members), 'group_seconds': seconds,
               'history': _history(workdir, r, len(members))}
     _save(out, run, record)
-  return True
+  return None
 
 
 def finished(run: Run, out: str) -> dict[str, Any] | None:
@@ -463,7 +464,8 @@ def run_grid(grid_path: str, out: str, overrides: dict[str, Any], *, dry_run: bo
              summarize_only: bool = False, max_runs: int = 64,
              reuse_from: tuple[str, ...] = ()) -> list[dict[str, Any]]:
   """Trains the runs of the grid that are not finished, then writes the summaries (of the
-  runs finished so far, if SIGTERM stopped it).
+  runs finished so far, if SIGTERM or Ctrl-C stopped it; after Ctrl-C it then raises
+  KeyboardInterrupt).
 
   Returns the summary rows; with `dry_run`, prints the plan and trains nothing; with
   `summarize_only`, writes the summaries of the finished runs and trains nothing.
@@ -485,15 +487,20 @@ def run_grid(grid_path: str, out: str, overrides: dict[str, Any], *, dry_run: bo
     print(f"  {len(members)} together: {', '.join(f'{r.arm}/seed {r.seed}' for r in members)}")
   if dry_run:
     return []
+  stopped_by = None
   for members in [] if summarize_only else groups:
-    if not train_group(members, out, tuple(grid.get('export_seeds', ()))):
-      print(f'Stopped by SIGTERM or Ctrl-C; rerun the same command to resume ({out}). The '
+    stopped_by = train_group(members, out, tuple(grid.get('export_seeds', ())))
+    if stopped_by:
+      print(f'Stopped by {stopped_by}; rerun the same command to resume ({out}). The '
             'summaries hold the runs finished so far.')
       break
   command = 'python -m sila_jax.experiments ' + ' '.join(
       arg for arg in sys.argv[1:] if arg != '--summarize')  # The command that trains them.
-  return write_summaries(grid, planned, out, command,
+  rows = write_summaries(grid, planned, out, command,
                          grid.get('caption', os.path.basename(grid_path)))
+  if stopped_by == 'Ctrl-C':
+    raise KeyboardInterrupt  # As Ctrl-C elsewhere: the command exits 130, as sila-train.
+  return rows
 
 
 def write_summaries(grid: dict[str, Any], planned: list[Run], out: str, command: str,
@@ -526,7 +533,6 @@ def write_summaries(grid: dict[str, Any], planned: list[Run], out: str, command:
 def main() -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  from sila_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from sila_jax import cli  # pylint: disable=g-import-not-at-top
 
   # A config dict flag applies --config overrides as it is defined: name a bad one first.
@@ -548,7 +554,6 @@ def main() -> None:
 
   def run(argv):
     del argv
-    checkpoint.quiet_orbax_logs()
     given = [arg[len('--config.'):].split('=', 1)[0] for arg in sys.argv
              if arg.startswith('--config.')]
     overrides = {path: config_flag.value[path] for path in given}

@@ -7,6 +7,7 @@ images as it did when this project read folders through TFDS.
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -123,21 +124,34 @@ def _decode_in_workers(paths: list[str], size: int, workers: int) -> list[np.nda
       command = [sys.executable, '-m', 'sila_jax.folder_data', listing, str(size), out]
       jobs.append((subprocess.Popen(command, env=env), out))
     images = []
-    for process, out in jobs:
-      if process.wait():
-        raise DataError(f'An image-decoding worker failed with exit code {process.returncode}.')
-      with np.load(out) as decoded:
-        images.extend(image if ok else None
-                      for image, ok in zip(decoded['images'], decoded['ok']))
+    try:
+      for process, out in jobs:
+        if process.wait():
+          raise DataError(f'An image-decoding worker failed with exit code '
+                          f'{process.returncode}.')
+        with np.load(out) as decoded:
+          images.extend(image if ok else None
+                        for image, ok in zip(decoded['images'], decoded['ok']))
+    finally:  # Stopped (SIGTERM, Ctrl-C) or failed: the others' work is not needed.
+      for process, _ in jobs:
+        process.kill()
+        process.wait()
   return images
 
 
 def _worker(listing: str, size: str, out: str) -> None:
-  """Decodes the paths listed in `listing` into `out` (.npz: images, ok)."""
+  """Decodes the paths listed in `listing` into `out` (.npz: images, ok). Ctrl-C is the
+  parent's to handle; a worker whose parent has gone (exited at once on a signal) stops."""
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  parent = os.getppid()
   with open(listing) as f:
     paths = f.read().split('\n')
   blank = np.zeros((int(size), int(size), 3), np.uint8)
-  decoded = [_decode(p, int(size)) for p in paths]
+  decoded = []
+  for i, path in enumerate(paths):
+    if i % 256 == 0 and os.getppid() != parent:
+      sys.exit(1)
+    decoded.append(_decode(path, int(size)))
   np.savez(out, images=np.stack([blank if d is None else d for d in decoded]),
            ok=np.asarray([d is not None for d in decoded]))
 

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from sila_jax import backbones
 
 HEAD_TYPES = ('twin', 'mlp')
+MAX_SIAMESE_HEADS = 64  # Each is a module of its own: start-up grows with their number.
 
 
 class ClassifierHead(nn.Module):

@@ -4,6 +4,8 @@ On a terminal (stdout is a tty) the bar redraws in place and messages print abov
 to a file, under nohup or in a notebook's captured output, every message is one log line
 that starts with the same figures the bar shows (step / total, elapsed, ETA, rate), and a
 line without a message follows every `every_secs` of silence. Only process 0 shows anything.
+The rate and ETA count the units after the first: the first (a step's compilation, say)
+would make them say nothing about the rest.
 """
 import os
 import sys
@@ -18,6 +20,29 @@ _BAR = ('{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} '
         '[{elapsed}, ETA {remaining}, {rate_fmt}{postfix}]')
 _UNSIZED = (100, 24)  # Columns and rows of a terminal that does not say.
 _LINE = '{desc} {n_fmt}/{total_fmt} ({percentage:.0f}%) elapsed {elapsed}, ETA {remaining}'
+
+
+class _SteadyBar(tqdm.tqdm):
+  """A tqdm bar whose rate (and so ETA) is that of the units after the first one counted."""
+
+  def __init__(self, *args, **kwargs):
+    self._first = None  # (count, time) once the first unit is counted.
+    super().__init__(*args, **kwargs)
+
+  def update(self, n: float = 1) -> bool | None:
+    if self._first is None and n:
+      self._first = (self.n + n, self._time())
+    return super().update(n)
+
+  @property
+  def format_dict(self) -> dict[str, Any]:
+    meter = super().format_dict
+    # tqdm shows an ETA and rate of '?' for a rate of 0: until a second unit is counted.
+    meter['rate'] = 0
+    if self._first is not None and self.n > self._first[0]:
+      count, start = self._first
+      meter['rate'] = (self.n - count) / max(self._time() - start, 1e-9)
+    return meter
 
 
 def _columns(stream: TextIO) -> int:
@@ -46,10 +71,10 @@ class Progress:
     # Follow the terminal's size; a pseudo-terminal without one (`script`, `docker -t`)
     # reports 0 x 0, in which tqdm would draw nothing.
     sized = self._live and _columns(stream) > 0
-    self._bar = tqdm.tqdm(total=total, initial=initial, desc=desc, unit=unit,
-                          file=stream if self._live else self._sink, bar_format=_BAR,
-                          dynamic_ncols=sized, ncols=None if sized else _UNSIZED[0],
-                          nrows=None if sized else _UNSIZED[1], leave=leave, mininterval=0.5)
+    self._bar = _SteadyBar(total=total, initial=initial, desc=desc, unit=unit,
+                           file=stream if self._live else self._sink, bar_format=_BAR,
+                           dynamic_ncols=sized, ncols=None if sized else _UNSIZED[0],
+                           nrows=None if sized else _UNSIZED[1], leave=leave, mininterval=0.5)
     self._last_line = self._bar.format_dict['elapsed']
 
   def __enter__(self) -> 'Progress':

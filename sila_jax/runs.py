@@ -22,6 +22,9 @@ FIELDS = {'seed': 'seed', 'sila_weight': 'sila.weight', 'sila_kl_weight': 'sila.
           'weight_decay': 'optimizer.weight_decay',
           'rescale_backbone_grad': 'sila.rescale_backbone_grad'}
 RUN_PREFIX = 'run_'  # Of every run's own metrics in a summary of several runs.
+# The most models (num_runs x dml.num_peers) one computation holds: the step applies each
+# one's convolutions on their own (kernels.peer_conv), so start-up grows with their number.
+MAX_MODELS = 256
 
 
 def values(config: ml_collections.ConfigDict, name: str) -> tuple[Any, ...]:

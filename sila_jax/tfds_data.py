@@ -90,7 +90,7 @@ def _prepare(builder, dataset: str) -> None:
     if _raised_in_download(e):
       raise DataError(f'Download of {dataset} failed ({_first_line(e)}); to train offline, '
                       'use --config.dataset=folder with an ImageFolder tree (see '
-                      'README).') from e
+                      'docs/faq.md).') from e
     raise DataError(f'Could not prepare {dataset} in {builder.data_dir}: '
                     f'{_first_line(e)}') from e
 

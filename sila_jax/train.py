@@ -37,9 +37,10 @@ from sila_jax import peers
 from sila_jax import progress as progress_lib
 from sila_jax import runs
 from sila_jax import train_step as train_step_lib
-from sila_jax.errors import DataError, NonFiniteLossError
+from sila_jax.errors import INTERRUPTED, ConfigError, DataError, NonFiniteLossError
 
 RUN_DESCRIPTION = 'run.json'
+PROFILE = 'profile'  # Under the workdir: config.profile_steps' trace.
 # Fields of a training record that depend on the machine's speed, not on the run.
 TIMINGS = ('images_per_sec', 'input_wait')
 # Distributions whose versions run.json records.
@@ -85,9 +86,16 @@ def plan_run(config: ml_collections.ConfigDict) -> Plan:
   device_batch = config.batch_size // len(devices)
   train_shards, shard_size = input_pipeline.load_train_shards(config, devices)
   steps_per_epoch = shard_size // device_batch
-  if not steps_per_epoch:
-    raise DataError(f'The training split gives {shard_size * len(devices)} examples '
-                    f'({shard_size} per device), fewer than one batch of {config.batch_size}.')
+  # A batch that runs past an epoch's end takes the next epoch's first images: a split of
+  # under one batch repeats images in every batch, one of under two in many.
+  size = (f'The training split {config.train_split!r} gives {shard_size * len(devices)} '
+          f'examples ({shard_size} per device)')
+  if shard_size < device_batch:
+    raise DataError(f'{size}, fewer than one global batch of {config.batch_size}: every batch '
+                    'would hold images twice. Use a larger split or a smaller batch_size.')
+  if shard_size < 2 * device_batch:
+    logging.warning('%s, fewer than two global batches of %d: the batches that run past the '
+                    "end of an epoch hold some images twice.", size, config.batch_size)
   return Plan(
       devices=devices, shard_ids=input_pipeline.device_shards(devices),
       train_shards=train_shards, shard_size=shard_size, device_batch=device_batch,
@@ -143,30 +151,108 @@ def is_time(step: int, every: int | None, last: int) -> bool:
   return every is not None and (step % every == 0 or step == last)
 
 
-@contextlib.contextmanager
-def _stop_requests() -> Iterator[Callable[[], int | None]]:
-  """Yields a function returning the first of SIGTERM or SIGINT (Ctrl-C) received, or None.
+class StoppedBeforeTraining(Exception):
+  """SIGTERM or Ctrl-C arrived before this start's first step: there was nothing to save."""
 
-  Each handler only records the signal, so the loop finishes its step and saves; after the
-  first Ctrl-C a second one raises KeyboardInterrupt at once.
+  def __init__(self, signum: int):
+    super().__init__(STOPPED_BY[signum])
+    self.signum = signum
+
+
+class StopRequests:
+  """SIGTERM and SIGINT (Ctrl-C) while a run starts and trains; a context manager.
+
+  Before `training_began()` there is nothing to save, so a signal ends start-up (reading
+  data, compiling) at once: with `exit_at_once` (the sila-train command) a thread woken by
+  the signal prints `message(signal name)` and exits the process, even while a compilation
+  holds the main thread; otherwise the main thread raises StoppedBeforeTraining at its next
+  Python instruction. After it a signal is only recorded (`first`), so the loop finishes its
+  step and saves; a second Ctrl-C then raises KeyboardInterrupt at once. Off the main thread
+  (a notebook's worker thread, say) no signal reaches it and nothing is installed.
   """
-  received = []
-  if threading.current_thread() is not threading.main_thread():
-    yield lambda: None  # Signals reach the main thread only.
-    return
 
-  def record(signum, frame):
+  def __init__(self, exit_at_once: bool = False, message: Callable[[str], str] = str):
+    self._exit_at_once, self._message = exit_at_once, message
+    self._received: list[int] = []
+    self._began = False
+    self._installed = threading.current_thread() is threading.main_thread()
+
+  def __enter__(self) -> 'StopRequests':
+    if not self._installed:
+      return self
+    self._previous = {s: signal.signal(s, self._handle) for s in STOPPED_BY}
+    if self._exit_at_once:
+      # Python's own C-level handler writes the signal's number into this pipe at once.
+      self._wakeup_read, wakeup_write = os.pipe()
+      os.set_blocking(wakeup_write, False)
+      self._previous_wakeup = signal.set_wakeup_fd(wakeup_write, warn_on_full_buffer=False)
+      self._watcher = threading.Thread(target=self._watch, daemon=True)
+      self._watcher.start()
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    if not self._installed:
+      return
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+    if self._exit_at_once:
+      os.close(signal.set_wakeup_fd(self._previous_wakeup))  # The watcher reads the end.
+      self._watcher.join()
+      os.close(self._wakeup_read)
+
+  def training_began(self) -> None:
+    """From now on a signal is recorded, to stop after saving."""
+    self._began = True
+
+  def first(self) -> int | None:
+    """The first signal received once training began, or None."""
+    return self._received[0] if self._received else None
+
+  def _handle(self, signum, frame) -> None:
     del frame
-    received.append(signum)
+    if not self._began:
+      if self._exit_at_once:
+        return  # The watcher exits the process.
+      raise StoppedBeforeTraining(signum)
+    self._received.append(signum)
     if signum == signal.SIGINT:
       signal.signal(signal.SIGINT, signal.default_int_handler)
 
-  previous = {s: signal.signal(s, record) for s in STOPPED_BY}
-  try:
-    yield lambda: received[0] if received else None
-  finally:
-    for s, handler in previous.items():
-      signal.signal(s, handler)
+  def _watch(self) -> None:
+    while byte := os.read(self._wakeup_read, 1):
+      if not self._began and byte[0] in STOPPED_BY:
+        print(self._message(STOPPED_BY[byte[0]]), file=sys.stderr, flush=True)
+        os._exit(INTERRUPTED if byte[0] == signal.SIGINT else 0)  # pylint: disable=protected-access
+
+
+class StepTrace:
+  """A jax.profiler trace of training steps a+1..b, (a, b) = `steps`, written by process 0
+  into `directory` (TensorBoard's profile plugin reads it, Perfetto its perfetto_trace.json.gz).
+
+  `before(step)` ahead of each step starts it, `after(step, state)` once the step is
+  dispatched ends it; `close` ends a trace the loop left early.
+  """
+
+  def __init__(self, steps: tuple[int, int] | None, directory: str):
+    self._steps = steps if jax.process_index() == 0 else None
+    self._directory, self._tracing = directory, False
+
+  def before(self, step: int) -> None:
+    if self._steps and step == self._steps[0] + 1:
+      jax.profiler.start_trace(self._directory, create_perfetto_trace=True)
+      self._tracing = True
+
+  def after(self, step: int, state: Any) -> None:
+    if self._tracing and step == self._steps[1]:
+      jax.block_until_ready(state)
+      self.close()
+      logging.info('Wrote a profile of steps %d..%d to %s.', self._steps[0] + 1, step,
+                   self._directory)
+
+  def close(self) -> None:
+    if self._tracing:
+      jax.profiler.stop_trace()
+      self._tracing = False
 
 
 def _check_finite(pending: list[tuple[int, Any]], known: np.ndarray) -> np.ndarray:
@@ -230,11 +316,32 @@ def place_step(config: ml_collections.ConfigDict, plan: Plan, model: Model,
   return OnDevices(parallel, parallel.put_state(state), batches)
 
 
+def check_memory(abstract_state: Any) -> None:
+  """Raises ConfigError when the train state and one gradient alone would not fit in a
+  device's memory (on CPU, in the host's, which its devices share): a lower bound of what
+  training needs, found from shapes before anything is built."""
+  def size(tree):
+    return sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree))
+  needed = size(abstract_state) + size(abstract_state.params)
+  device = jax.local_devices()[0]
+  limit = (device.memory_stats() or {}).get('bytes_limit')
+  where = f'the memory of one {device.device_kind}'
+  if limit is None:  # CPU devices: the host's memory, shared by this process's devices.
+    limit = os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') // len(jax.local_devices())
+    where = (f"this machine's memory ({limit * len(jax.local_devices()) / 1e9:.1f} GB) "
+             f'shared by {len(jax.local_devices())} device(s)')
+  if needed > limit:
+    raise ConfigError(
+        f'The train state ({model_lib.count_params(abstract_state.params):,} parameters with '
+        f'their optimizer state and gradient) needs at least {needed / 1e9:.1f} GB per device, '
+        f'more than {where}; lower num_runs, dml.num_peers, width or the model.')
+
+
 def restore_or_initialise(checkpoints: checkpoint.Checkpoints, model: Model,
-                          plan: Plan) -> Any:
+                          abstract_state: Any, plan: Plan) -> Any:
   """The newest readable checkpoint's state, or a fresh one if there is none. Restoring into
   the abstract state lets a bad checkpoint fail before anything is compiled."""
-  state = checkpoints.restore(jax.eval_shape(model.initial_state))
+  state = checkpoints.restore(abstract_state)
   if state is None:
     return model.initial_state()
   start_step = int(state.step)
@@ -245,26 +352,73 @@ def restore_or_initialise(checkpoints: checkpoint.Checkpoints, model: Model,
   return state
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def validate(step: int, state: Any, diverged_steps: np.ndarray, model: Model,
+             evaluator: evaluate_lib.Evaluator, writer: metrics_lib.Writer,
+             checkpoints: checkpoint.Checkpoints) -> dict[str, float]:
+  """Validates `state` after `step` (its main branch), records the metrics and makes it the
+  best checkpoint if it is; returns the metrics. `diverged_steps` (R,): as _check_finite."""
+  temperature = model.attention_temperature(step)
+  metrics = evaluator.run({'params': state.params, 'batch_stats': state.batch_stats},
+                          temperature, diverged_steps)
+  writer.write(metrics_lib.VALIDATION, step, metrics)
+  checkpoints.save_if_best(state, temperature, metrics['accuracy'])
+  return metrics
+
+
+def unvalidated(workdir: str, step: int, plan: Plan,
+                evaluator: evaluate_lib.Evaluator | None) -> bool:
+  """Whether `step`, where training resumes, was due a validation that metrics.jsonl lacks:
+  the process stopped between the checkpoint and the validation that follows it."""
+  return (evaluator is not None and step > 0
+          and is_time(step, plan.eval_every, plan.num_train_steps)
+          and not any(r['step'] == step
+                      for r in metrics_lib.read(workdir, metrics_lib.VALIDATION)))
+
+
+def stopped_early(workdir: str, stopped_by: str) -> str:
+  """What a command says when SIGTERM or Ctrl-C ended start-up, before the first step."""
+  return f'{workdir}: stopped by {stopped_by} before the first step; nothing was saved.'
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       exit_at_once: bool = False) -> dict[str, Any]:
   """Trains the model `config` describes, checkpointing into and logging to `workdir`.
 
   Resumes from the newest readable checkpoint in `workdir`, exactly where it stopped.
-  SIGTERM or a first Ctrl-C finishes the step, saves a checkpoint and returns.
+  SIGTERM or a first Ctrl-C finishes the step, saves a checkpoint and returns. Before the
+  first step there is nothing to save, and they end start-up at once (StopRequests): with
+  `exit_at_once` the process exits with stopped_early's line, as sila-train does.
   Returns {'status': 'trained' | 'stopped' | 'complete', 'step', 'train', 'val', 'diverged'
   (per run: the step at which it diverged, or None)} and, when stopped, 'stopped_by':
-  'SIGTERM' | 'Ctrl-C'.
+  'SIGTERM' | 'Ctrl-C' and 'saved' (False: stopped before the first step, 'step' None).
   """
+  try:
+    with StopRequests(exit_at_once, functools.partial(stopped_early, workdir)) as stops:
+      return _train_and_evaluate(config, workdir, stops)
+  except StoppedBeforeTraining as e:
+    logging.warning(stopped_early(workdir, str(e)))
+    return {'status': 'stopped', 'stopped_by': str(e), 'saved': False, 'step': None,
+            'train': {}, 'val': {}, 'diverged': [None] * config.num_runs}
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        stops: StopRequests) -> dict[str, Any]:
+  """train_and_evaluate inside its StopRequests."""
   plan = plan_run(config)
   model = build_model(config, plan)
   evaluator = (evaluate_lib.Evaluator(config, config.eval_split, plan.devices)
                if plan.eval_every else None)
+  abstract_state = jax.eval_shape(model.initial_state)
+  check_memory(abstract_state)
   os.makedirs(workdir, exist_ok=True)
-  # Signals are only recorded until the checkpoints being written are closed.
-  with _stop_requests() as stop_request, \
-       contextlib.closing(checkpoint.Checkpoints(workdir, config)) as checkpoints:
-    state = restore_or_initialise(checkpoints, model, plan)
+  with contextlib.closing(checkpoint.Checkpoints(workdir, config)) as checkpoints:
+    state = restore_or_initialise(checkpoints, model, abstract_state, plan)
     start_step = int(state.step)
+    diverged_steps = np.asarray(state.diverged_step)
     if start_step >= plan.num_train_steps:
+      if unvalidated(workdir, start_step, plan, evaluator):
+        with contextlib.closing(metrics_lib.Writer(workdir, logging.info, start_step)) as writer:
+          validate(start_step, state, diverged_steps, model, evaluator, writer, checkpoints)
       logging.info('The run in %s is already complete (step %d of %d); nothing to do.',
                    workdir, start_step, plan.num_train_steps)
       return {'status': 'complete', 'step': start_step,
@@ -283,20 +437,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                  start_step, plan.num_train_steps, plan.steps_per_epoch, config.batch_size,
                  len(plan.devices))
     on_devices = place_step(config, plan, model, state)
+    trace = StepTrace(config_checks.profiled_steps(config.profile_steps),
+                      os.path.join(workdir, PROFILE))
     with progress_lib.Progress('train', plan.num_train_steps, start_step) as progress, \
-         contextlib.closing(metrics_lib.Writer(workdir, progress.write, start_step)) as writer:
+         contextlib.closing(metrics_lib.Writer(workdir, progress.write, start_step)) as writer, \
+         contextlib.closing(trace):
+      if unvalidated(workdir, start_step, plan, evaluator):
+        validate(start_step, state, diverged_steps, model, evaluator, writer, checkpoints)
       return train_loop(config, plan, model, on_devices, start_step, evaluator, checkpoints,
-                        writer, progress, stop_request)
+                        writer, progress, stops, trace)
 
 
 def train_loop(config: ml_collections.ConfigDict, plan: Plan, model: Model,
                on_devices: OnDevices, start_step: int,
                evaluator: evaluate_lib.Evaluator | None, checkpoints: checkpoint.Checkpoints,
                writer: metrics_lib.Writer, progress: progress_lib.Progress,
-               stop_request: Callable[[], int | None]) -> dict[str, Any]:
-  """Trains from `start_step` to the planned last step, logging, checkpointing and
-  evaluating on schedule; stops after saving once SIGTERM or Ctrl-C arrives in any process.
-  Returns train_and_evaluate's result."""
+               stops: StopRequests, trace: StepTrace) -> dict[str, Any]:
+  """Trains from `start_step` to the planned last step, logging, checkpointing, evaluating
+  and tracing (`trace`) on schedule; stops after saving once SIGTERM or Ctrl-C arrives in
+  any process. Returns train_and_evaluate's result."""
   parallel, device_state, batches = on_devices.parallel, on_devices.state, on_devices.batches
   last = plan.num_train_steps
   any_process_stops = distributed.AnyProcess(parallel.mesh)
@@ -308,11 +467,15 @@ def train_loop(config: ml_collections.ConfigDict, plan: Plan, model: Model,
     waited = time.perf_counter()
     batch = next(batches)
     input_seconds += time.perf_counter() - waited
-    device_state, metrics = parallel.train_step(device_state, batch)
+    trace.before(step)
+    with jax.profiler.StepTraceAnnotation('train', step_num=step):
+      device_state, metrics = parallel.train_step(device_state, batch)
+    stops.training_began()
+    trace.after(step, device_state)
     pending.append((step, parallel.unreplicate(metrics)))
     timed_steps += 1
     progress.update()
-    stopping = any_process_stops(stop_request() is not None)
+    stopping = any_process_stops(stops.first() is not None)
 
     if is_time(step, config.log_every_steps, last) or stopping:
       diverged_steps = _check_finite(pending, diverged_steps)
@@ -339,18 +502,15 @@ def train_loop(config: ml_collections.ConfigDict, plan: Plan, model: Model,
     if stopping:
       checkpoints.wait()
       # Another process may have received the signal: 'SIGTERM' there.
-      result = {'status': 'stopped', 'stopped_by': STOPPED_BY[stop_request() or signal.SIGTERM]}
+      result = {'status': 'stopped', 'stopped_by': STOPPED_BY[stops.first() or signal.SIGTERM],
+                'saved': True}
       logging.warning('%s: saved a checkpoint at step %d in %s and stopped.',
                       result['stopped_by'], step, checkpoints.directory)
       break
     if is_time(step, plan.eval_every, last):
-      current = parallel.unreplicate(device_state)
       diverged_steps = _check_finite(pending, diverged_steps)
-      val_metrics = evaluator.run({'params': current.params, 'batch_stats': current.batch_stats},
-                                  model.attention_temperature(step), diverged_steps)
-      writer.write(metrics_lib.VALIDATION, step, val_metrics)
-      checkpoints.save_if_best(current, model.attention_temperature(step),
-                               val_metrics['accuracy'])
+      val_metrics = validate(step, parallel.unreplicate(device_state), diverged_steps, model,
+                             evaluator, writer, checkpoints)
       # Keep evaluation out of the throughput figure.
       timed_steps, input_seconds, tick = 0, 0.0, time.perf_counter()
   return {**result, 'step': step, 'train': train_metrics, 'val': val_metrics,

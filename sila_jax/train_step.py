@@ -70,9 +70,11 @@ def _all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
-def _finish(state: TrainState, params: Any, batch_stats: Any, opt_state: Any,
+def _finish(state: TrainState, grads: Any, params: Any, batch_stats: Any, opt_state: Any,
             metrics: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
   """The next state: the update applied unless the run has diverged, at this step or before.
+  `metrics` gain the global L2 norms of `grads` (averaged over devices, before weight decay)
+  and of the next state's parameters, 'grad_norm' and 'param_norm'.
 
   Everything it reads is the same on every device, so every device decides alike.
   """
@@ -83,10 +85,11 @@ def _finish(state: TrainState, params: Any, batch_stats: Any, opt_state: Any,
   diverged_step = jnp.where((state.diverged_step == 0) & ~finite, state.step + 1,
                             state.diverged_step)
   metrics['diverged_step'] = diverged_step
-  return state.replace(step=state.step + 1, params=keep(params, state.params),
-                       batch_stats=keep(batch_stats, state.batch_stats),
-                       opt_state=keep(opt_state, state.opt_state),
-                       diverged_step=diverged_step), metrics
+  state = state.replace(step=state.step + 1, params=keep(params, state.params),
+                        batch_stats=keep(batch_stats, state.batch_stats),
+                        opt_state=keep(opt_state, state.opt_state), diverged_step=diverged_step)
+  metrics.update(grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(state.params))
+  return state, metrics
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], run: dict[str, jax.Array], *,
@@ -129,8 +132,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], run: dict[str, ja
   if attention_temperature_schedule is not None:
     metrics['attention_temperature'] = extra['attention_temperature']
   updates, opt_state = optimizer(run).update(grads, state.opt_state, state.params)
-  return _finish(state, optax.apply_updates(state.params, updates), batch_stats, opt_state,
-                 metrics)
+  return _finish(state, grads, optax.apply_updates(state.params, updates), batch_stats,
+                 opt_state, metrics)
 
 
 def peer_train_step(state: TrainState, batch: dict[str, jax.Array], run: dict[str, jax.Array],
@@ -189,7 +192,7 @@ def peer_train_step(state: TrainState, batch: dict[str, jax.Array], run: dict[st
     updates, new_opt_state = jax.vmap(tx.update)(group_grads, group_opt_state, group_params)
     params.append(optax.apply_updates(group_params, updates))
     opt_state.append(new_opt_state)
-  return _finish(state, tuple(params), batch_stats, tuple(opt_state), metrics)
+  return _finish(state, grads, tuple(params), batch_stats, tuple(opt_state), metrics)
 
 
 def _loss_fn(config) -> Callable:

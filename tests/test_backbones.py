@@ -41,6 +41,7 @@ def test_width_multiplier_scales_parameters_quadratically():
   assert 0.24 < ratio < 0.27
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(PUBLISHED))
 def test_output_shapes(name):
   features_dim, num_stages, last_size = LAYOUT[name]
@@ -106,6 +107,7 @@ def test_num_kernels_reaches_every_dynamic_conv():
   assert kernels == [2] * 19
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(DYNAMIC))
 def test_dynamic_output_shapes(name):
   features_dim, num_stages, last_size = LAYOUT[DYNAMIC[name]]

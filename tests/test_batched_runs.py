@@ -4,8 +4,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from benchmarks import batched_runs
-from tests.test_faults import ROOT
+from tests.helpers import ROOT, xla_flags
 
 FIELDS = {'device_kind', 'platform', 'jax', 'model', 'width', 'method', 'dtype', 'batch_size',
           'num_runs', 'peer_conv', 'step_ms', 'images_per_sec', 'compile_s'}
@@ -13,7 +15,7 @@ FIELDS = {'device_kind', 'platform', 'jax', 'model', 'width', 'method', 'dtype',
 
 def batched(*args):
   process = subprocess.run([sys.executable, '-m', 'benchmarks.batched_runs', *args], cwd=ROOT,
-                           env={**os.environ, 'XLA_FLAGS': ''}, capture_output=True, text=True,
+                           env={**os.environ, 'XLA_FLAGS': xla_flags()}, capture_output=True, text=True,
                            timeout=900)
   assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
   return process.stdout
@@ -24,6 +26,7 @@ def read(path):
     return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 def test_quick_measures_every_cell_once_and_a_second_call_measures_nothing(tmp_path):
   out = tmp_path / 'batched.jsonl'
   printed = batched('--quick', '--out', str(out))
@@ -46,6 +49,7 @@ def test_quick_measures_every_cell_once_and_a_second_call_measures_nothing(tmp_p
   assert 'SiLa/plain step time:' in again  # The table, from the file.
 
 
+@pytest.mark.slow
 def test_a_spent_budget_measures_nothing_and_says_so(tmp_path):
   out = tmp_path / 'batched.jsonl'
   printed = batched('--quick', '--budget_s', '0', '--out', str(out))

@@ -6,9 +6,11 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from sila_jax import conv
 from sila_jax import dynamic_conv
-from tests.test_faults import ROOT
+from tests.helpers import ROOT, xla_flags
 
 
 def read(path):
@@ -22,10 +24,11 @@ def results_status():
                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
 
 
+@pytest.mark.slow
 def test_device_check_quick_runs_every_stage_and_leaves_the_checkout_as_it_was(tmp_path):
   # One CPU device, like one GPU; the script's python3 is this test's Python. Its folder
   # outside the checkout is made under TMPDIR.
-  env = {**os.environ, 'XLA_FLAGS': '', 'TMPDIR': str(tmp_path),
+  env = {**os.environ, 'XLA_FLAGS': xla_flags(), 'TMPDIR': str(tmp_path),
          'PATH': os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH']}
   env.pop('OUT', None)
   before = results_status()

@@ -12,9 +12,9 @@ import pytest
 from sila_jax import campaign
 from sila_jax import experiments
 from sila_jax.configs import campaign as campaign_config
-from tests.test_faults import ROOT
+from tests.helpers import ROOT, xla_flags
 
-ENV = {**os.environ, 'XLA_FLAGS': '',  # One CPU device, like one GPU.
+ENV = {**os.environ, 'XLA_FLAGS': xla_flags(),  # One CPU device, like one GPU.
        'PATH': os.path.dirname(sys.executable) + os.pathsep + os.environ['PATH']}
 ENV.pop('OUT', None)
 GPU = 'Test GPU'
@@ -103,6 +103,7 @@ def test_no_record_falls_back_to_a_stated_guess():
   assert 'a guess of 50,000 images/s' in notes[-1]
 
 
+@pytest.mark.slow
 def test_computations_are_sized_to_fit_a_call_and_listed_with_minutes(tmp_path):
   blocks = campaign.load_campaign('configs/campaign.py')
   headline = blocks[0]
@@ -184,6 +185,7 @@ def wait_for(condition, process, seconds):
     time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_quick_campaign_stops_on_sigterm_and_continues(tmp_path):
   out = str(tmp_path / 'campaign')
   # The whole quick sweep for this CPU, so that no throughput stage runs and both blocks fit

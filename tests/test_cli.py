@@ -9,8 +9,7 @@ import pytest
 from sila_jax import cli
 from sila_jax import config_checks
 from sila_jax.errors import ConfigError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT
 
 
 @pytest.mark.parametrize('value, name, argument', [

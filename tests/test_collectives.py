@@ -9,8 +9,13 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from sila_jax import collectives
 from sila_jax.batch_norm import BatchNorm
+from tests.helpers import AXIS
 
-AXIS = 'data'
+
+def test_eight_fake_devices():
+  # conftest.py asks XLA for them before JAX starts; every 8-device test relies on it.
+  assert jax.device_count() == 8
+  assert {d.platform for d in jax.devices()} == {'cpu'}
 
 
 def per_device(fn, num_devices=8):

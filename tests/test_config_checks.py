@@ -97,7 +97,7 @@ WRONG_VALUES = {
     'dynamic.num_kernels': (0, -4),
     'dynamic.tau_start': (0.0, -30.0),
     'dynamic.tau_epochs': (-1.0,),
-    'sila.num_heads': (0, -1),
+    'sila.num_heads': (0, -1, 65),  # 65: more than heads.MAX_SIAMESE_HEADS.
     'sila.head': ('conv', 'Twin'),
     'sila.attach': ('middle', 'stage0', 'stage²', 'stageX', 'stage9', 'stage-1', 'stage',
                     'stage 2', 'Features'),
@@ -111,7 +111,7 @@ WRONG_VALUES = {
     'dml.models': (('resnet33',), ('resnet32', 'wrn16_4'), ('',), ('stage2',)),
     'dml.temperature': (0.0, -1.0),
     'dml.weight': (-1.0,),
-    'num_runs': (0, -1),
+    'num_runs': (0, -1, 257),  # 257: more than runs.MAX_MODELS.
     'runs.seed': ((0, 1), (2**31,), (0.5,), ('0',)),
     'runs.sila_weight': ((1.0, 2.0), (-1.0,), (NAN,), (INF,), ('1',)),
     'runs.sila_kl_weight': ((0.0, 1.0), (-0.5,), (NAN,), (INF,), (None,)),
@@ -141,8 +141,10 @@ WRONG_VALUES = {
     'eval_every_steps': (-2, -100),
     'checkpoint_every_steps': (0, -1),
     'keep_checkpoints': (0, -1),
+    'profile_steps': ('5', '3,2', '2,2', 'a,b', '-1,2', '1,2,3'),  # '' is valid: no trace.
     'seed': (2**31, -2**31 - 1),  # Seeds are int32 (runs.settings).
 }
+EMPTY_IS_VALID = {'profile_steps'}  # String fields for which '' means "none".
 EVERY_VALUE_VALID = {
     'on_device': 'a bool; both keep the data somewhere that works',
     'sila.enabled': 'a bool; False is plain training',
@@ -162,6 +164,8 @@ CHECKED_WITH_THE_DATA = {  # input_pipeline raises DataError (tests/test_input_p
 def _typed_wrong_values(path, default_value):
   """The field's own wrong values and those wrong for any field of its type."""
   generic = {float: (NAN, INF), str: ('',)}.get(type(default_value), ())
+  if path in EMPTY_IS_VALID:
+    generic = ()
   return WRONG_VALUES[path] + generic
 
 

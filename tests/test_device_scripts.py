@@ -5,12 +5,12 @@ import re
 import subprocess
 import sys
 
-from tests.test_faults import ROOT
+from tests.helpers import ROOT, xla_flags
 
 
 def run_script(args, tmp_path, python_dir=os.path.dirname(sys.executable), **env_vars):
   """bash ARGS from the checkout, its python3 the one in `python_dir` (this test's Python)."""
-  env = {**os.environ, 'XLA_FLAGS': '', 'TMPDIR': str(tmp_path), **env_vars,
+  env = {**os.environ, 'XLA_FLAGS': xla_flags(), 'TMPDIR': str(tmp_path), **env_vars,
          'PATH': python_dir + os.pathsep + os.environ['PATH']}
   env.pop('OUT', None)
   return subprocess.run(['bash', *args], cwd=ROOT, env=env, capture_output=True, text=True,

@@ -25,16 +25,11 @@ from sila_jax import input_pipeline
 from sila_jax import metrics
 from sila_jax import train
 from sila_jax.errors import ConfigError
-from tests.test_faults import ROOT, largest_file, logged_steps, saved_state, saved_steps
-from tests.folders import make_folder
+from tests.helpers import (ROOT, largest_file, logged_steps, make_folder, saved_state, saved_steps,
+                           xla_flags)
 
 TIMEOUT = 240  # Seconds for one launch: a hung collective fails the test, not the suite.
 STEPS = 12  # 4 epochs of 3 steps: 51 training images in 4 shards of 12, 4 per device and step.
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return make_folder(tmp_path_factory.mktemp('data'), per_class=20)
 
 
 def overrides(data_dir):
@@ -61,7 +56,7 @@ def environment(num_devices: int, process: tuple[int, int, int] | None = None) -
   # XLA:CPU gives a process max(NPROC or cores, its devices) intra-op threads, and Eigen splits
   # a convolution's sums by thread count: the same NPROC gives every device the same arithmetic
   # whether a process holds 2 devices or 4.
-  env.update(XLA_FLAGS=f'--xla_force_host_platform_device_count={num_devices}',
+  env.update(XLA_FLAGS=xla_flags(num_devices),
              JAX_PLATFORMS='cpu', NPROC='4')
   if process:
     index, count, port = process
@@ -121,6 +116,7 @@ def assert_same_state(got, expected, **tolerance):
       np.testing.assert_array_equal(got[path], expected[path], err_msg=path)
 
 
+@pytest.mark.slow
 def test_two_processes_train_evaluate_stop_and_resume_as_one_run(data_dir, tmp_path):
   flags = overrides(data_dir)
   two, one, resumed = (str(tmp_path / name) for name in ('two', 'one', 'resumed'))

@@ -12,8 +12,7 @@ from sila_jax import optimizer as optimizer_lib
 from sila_jax import parallel as parallel_lib
 from sila_jax import train
 from sila_jax import train_step as train_step_lib
-from tests.test_train import plain_param_count
-from tests.test_train_step import batches, every_run, run, setup
+from tests.helpers import batches, every_run, plain_param_count, run, setup
 
 
 @pytest.fixture
@@ -32,11 +31,25 @@ def test_attention_temperature_anneals_linearly_to_one(dy_config):
   assert tau(0) == tau(7) == 1.0
 
 
+def annealed_step(config):
+  """(model, schedule, initial state, step of every run) of a DY-ResNet-20 with two Siamese
+  heads at stage 2, its attention temperature annealed over 2 steps. The tests below build
+  the same program, which the session's compilation cache then compiles once."""
+  config.sila.update(num_heads=2, attach='stage2')
+  model, _, schedule, state = setup(config)
+  tau = optimizer_lib.attention_temperature_schedule(config, steps_per_epoch=1)
+  step_fn = every_run(train_step_lib.make_train_step(model, schedule, config, tau), config)
+  return model, schedule, state, step_fn
+
+
+# One worker runs both, so that the second finds the first's compiled step in the cache.
+SHARES_THE_STEP = pytest.mark.xdist_group('test_dynamic_training.annealed_step')
+
+
+@pytest.mark.slow
+@SHARES_THE_STEP
 def test_the_step_uses_the_attention_temperature_of_its_step_number(dy_config):
-  model, tx, schedule, state = setup(dy_config)
-  tau = optimizer_lib.attention_temperature_schedule(dy_config, steps_per_epoch=1)
-  step_fn = every_run(train_step_lib.make_train_step(model, schedule, dy_config, tau),
-                    dy_config)
+  model, schedule, state, step_fn = annealed_step(dy_config)
   parallel = parallel_lib.ShardMapParallel(step_fn, jax.devices()[:1])
   annealed, metrics = run(parallel, state, batches(2))
   # Metrics of the one run.
@@ -55,12 +68,10 @@ def test_the_step_uses_the_attention_temperature_of_its_step_number(dy_config):
                          annealed.params['backbone']['DynamicConv_0']['kernel'])
 
 
+@pytest.mark.slow
+@SHARES_THE_STEP
 def test_dy_resnet_with_sila_on_eight_devices_matches_one(dy_config):
-  dy_config.sila.update(num_heads=2, attach='stage2')
-  model, tx, schedule, state = setup(dy_config)
-  tau = optimizer_lib.attention_temperature_schedule(dy_config, steps_per_epoch=1)
-  step_fn = every_run(train_step_lib.make_train_step(model, schedule, dy_config, tau),
-                    dy_config)
+  _, _, state, step_fn = annealed_step(dy_config)
   data = batches(1)
   one_state, one_metrics = run(parallel_lib.ShardMapParallel(step_fn, jax.devices()[:1]),
                                state, data)
@@ -70,6 +81,7 @@ def test_dy_resnet_with_sila_on_eight_devices_matches_one(dy_config):
   chex.assert_trees_all_close(eight_metrics, one_metrics, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_dy_resnet_with_sila_trains_exports_and_evaluates(dy_config, tmp_path):
   dy_config.dynamic.tau_epochs = 100.0  # Still annealing at the end: eval must use tau(3).
   workdir, export_dir = str(tmp_path / 'run'), str(tmp_path / 'export')

@@ -16,9 +16,9 @@ from sila_jax import evaluate
 from sila_jax import experiments
 from sila_jax import export
 from sila_jax.errors import ConfigError
-from tests.test_faults import ROOT
+from tests.helpers import ROOT, xla_flags
 
-ENV = {**os.environ, 'XLA_FLAGS': ''}  # One CPU device, like one GPU.
+ENV = {**os.environ, 'XLA_FLAGS': xla_flags()}  # One CPU device, like one GPU.
 
 
 def runner(out, data_dir, *extra):
@@ -36,6 +36,7 @@ def results(out):
   return found
 
 
+@pytest.mark.slow
 def test_smoke_grid_runs_resumes_after_a_kill_and_skips_finished_runs(ten_class_folder,
                                                                       tmp_path):
   out = str(tmp_path / 'smoke')
@@ -127,6 +128,7 @@ def test_bad_grids_and_overrides_are_one_line_errors(overrides, message):
     experiments.plan(smoke.get_grid(), overrides)
 
 
+@pytest.mark.slow
 def test_command_line_reports_a_bad_override_in_one_line(tmp_path):
   process = subprocess.run(runner(str(tmp_path / 'out'), str(tmp_path), '--config.sila.wieght=2'),
                            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
@@ -246,6 +248,7 @@ def test_export_seeds_must_be_seeds_of_the_grid(export_seeds):
   assert experiments.check_grid({**grid, 'export_seeds': (1,)}, 'grid.py')
 
 
+@pytest.mark.slow
 def test_train_group_exports_the_chosen_seeds(ten_class_folder, tmp_path):
   planned = experiments.plan(smoke.get_grid(), {
       'data_dir': ten_class_folder, 'train_split': 'train', 'eval_split': 'train',
@@ -254,7 +257,7 @@ def test_train_group_exports_the_chosen_seeds(ten_class_folder, tmp_path):
   members = experiments.group(planned, max_runs=2)[0]
   assert [(r.arm, r.seed) for r in members] == [('plain', 0), ('plain', 1)]
   out = str(tmp_path)
-  assert experiments.train_group(members, out, export_seeds=(1,))
+  assert experiments.train_group(members, out, export_seeds=(1,)) is None  # Not stopped.
   assert not os.path.exists(experiments.export_dir(out, members[0]))
   export_dir = experiments.export_dir(out, members[1])
   assert export_dir == os.path.join(out, 'exports', 'plain', 'seed_1')

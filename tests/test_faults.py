@@ -7,13 +7,9 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
-import flax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from sila_jax import checkpoint
@@ -25,52 +21,12 @@ from sila_jax import train
 from sila_jax import runs
 from sila_jax import train_step as train_step_lib
 from sila_jax.errors import CheckpointError, NonFiniteLossError
-from tests.folders import make_folder
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
-       'JAX_LOG_COMPILES': '1'}
+from tests.helpers import ROOT  # noqa: F401  (tests/test_readme.py imports it from here)
+from tests.helpers import (cli_overrides, largest_file, launch, logged_steps, make_folder,
+                           make_tiny_config, saved_state, saved_steps)
 
 
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return make_folder(tmp_path_factory.mktemp('data'), per_class=20)
-
-
-def cli_overrides(data_dir, **fields):
-  """Flags for a ResNet-20/4 on the 3-class folder data: 48 training, 12 validation images."""
-  fields = {'data_dir': data_dir, 'num_classes': 3, 'train_split': 'train[:-4]',
-            'eval_split': 'train[-4:]', 'width': 0.25, 'batch_size': 8, 'eval_batch_size': 8,
-            'log_every_steps': 1, **fields}
-  return [f'--config.{k}={v}' for k, v in fields.items()]
-
-
-def launch(script, workdir, overrides, log_path):
-  """Starts `script` in the background; its stderr (the absl log) goes to `log_path`."""
-  with open(log_path, 'w') as log:
-    return subprocess.Popen(
-        [sys.executable, script, '--config=configs/cifar10_folder.py', f'--workdir={workdir}',
-         *overrides], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=log, text=True)
-
-
-def logged_steps(workdir):
-  """Steps of the training records in metrics.jsonl so far (read while a running process
-  appends to it: metrics.read leaves out a last line cut off)."""
-  return [r['step'] for r in metrics.read(workdir, metrics.TRAIN)]
-
-
-def saved_steps(workdir):
-  directory = os.path.join(workdir, 'checkpoints')
-  return sorted(int(n) for n in os.listdir(directory) if n.isdigit()) if os.path.isdir(
-      directory) else []
-
-
-def saved_state(workdir, step):
-  """Every array of the checkpointed TrainState, flattened: {'params/backbone/...': array}."""
-  tree = ocp.PyTreeCheckpointer().restore(os.path.join(workdir, 'checkpoints', str(step), 'state'))
-  return flax.traverse_util.flatten_dict(tree, sep='/')
-
-
+@pytest.mark.slow
 def test_killed_and_preempted_run_ends_bit_for_bit_like_an_uninterrupted_one(data_dir, tmp_path):
   overrides = cli_overrides(data_dir, num_train_steps=30, checkpoint_every_steps=4,
                             eval_every_steps=10, keep_checkpoints=2)
@@ -125,18 +81,32 @@ def test_killed_and_preempted_run_ends_bit_for_bit_like_an_uninterrupted_one(dat
           == [drop_speed(r) for r in metrics.read(reference_dir)])
 
 
+def three_class_config(data_dir):
+  """helpers.make_tiny_config on the 3-class data_dir: 48 training, 12 validation images."""
+  config = make_tiny_config(data_dir)
+  config.update(num_classes=3, train_split='train[:-4]', eval_split='train[-4:]')
+  return config
+
+
 @pytest.fixture
-def folder_config(tiny_config, data_dir):
-  tiny_config.update(dataset='folder', data_dir=data_dir, num_classes=3,
-                     train_split='train[:-4]', eval_split='train[-4:]')
-  return tiny_config
+def folder_config(data_dir):
+  return three_class_config(data_dir)
 
 
-def largest_file(directory):
-  files = [os.path.join(d, f) for d, _, names in os.walk(directory) for f in names]
-  return max(files, key=os.path.getsize)
+# The tests that read `finished_run` run on one xdist worker, which trains it once.
+READS_FINISHED_RUN = pytest.mark.xdist_group('test_faults.finished_run')
 
 
+@pytest.fixture(scope='module')
+def finished_run(data_dir, tmp_path_factory):
+  """(config, workdir, result) of a finished 3-step run of folder_config; the tests copy the
+  workdir before they touch it."""
+  config = three_class_config(data_dir)
+  workdir = str(tmp_path_factory.mktemp('finished') / 'run')
+  return config, workdir, train.train_and_evaluate(config, workdir)
+
+
+@pytest.mark.slow
 def test_corrupt_checkpoints_are_set_aside_and_training_resumes_from_a_good_one(
     folder_config, tmp_path, caplog):
   caplog.set_level(logging.INFO)
@@ -177,6 +147,7 @@ def test_corrupt_checkpoints_are_set_aside_and_training_resumes_from_a_good_one(
     assert checkpoint.read_meta(manager, step)['digests'] == digests[step]
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(folder_config, tmp_path):
   folder_config.update(num_train_steps=8, checkpoint_every_steps=1, log_every_steps=3)
   folder_config.optimizer.learning_rate = 1e30
@@ -190,13 +161,15 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(folder_
     assert all(np.isfinite(x).all() for x in saved_state(workdir, step).values())
 
 
-def test_rerun_of_a_finished_run_changes_nothing(folder_config, tmp_path):
-  workdir = str(tmp_path / 'run')
-  first = train.train_and_evaluate(folder_config, workdir)
+@pytest.mark.slow
+@READS_FINISHED_RUN
+def test_rerun_of_a_finished_run_changes_nothing(finished_run, tmp_path):
+  config, finished, first = finished_run
+  workdir = str(shutil.copytree(finished, tmp_path / 'run'))  # copy2: the times too.
   files = lambda: {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
                    for d, _, names in os.walk(workdir) for f in names}
   before = files()
-  again = train.train_and_evaluate(folder_config, workdir)
+  again = train.train_and_evaluate(config, workdir)
   assert again['status'] == 'complete' and again['step'] == first['step'] == 3
   assert again['val'] == first['val']
   assert files() == before
@@ -249,6 +222,7 @@ def broken_data_dir(tmp_path_factory):
     ('checkpoint', {}, r"written for another model: model='resnet32'"),
     ('attach', {'sila.attach': 'stage9'}, r"sila.attach='stage9', but resnet20 has stages 1..3"),
 ])
+@pytest.mark.slow
 def test_user_errors_are_one_line_and_come_before_compiling(
     case, overrides, message, data_dir, broken_data_dir, folder_config, tmp_path):
   workdir = str(tmp_path / 'run')
@@ -280,9 +254,9 @@ def test_eval_of_a_missing_workdir_is_one_line_and_creates_nothing(data_dir, tmp
   assert not os.path.exists(tmp_path / 'no')
 
 
-def test_eval_reports_a_corrupt_checkpoint_in_one_line(data_dir, folder_config, tmp_path):
-  workdir = str(tmp_path / 'run')
-  train.train_and_evaluate(folder_config, workdir)
+@READS_FINISHED_RUN
+def test_eval_reports_a_corrupt_checkpoint_in_one_line(data_dir, finished_run, tmp_path):
+  workdir = str(shutil.copytree(finished_run[1], tmp_path / 'run'))
   data_file = largest_file(os.path.join(workdir, 'checkpoints', '3', 'state'))
   with open(data_file, 'r+b') as f:
     f.truncate(10)

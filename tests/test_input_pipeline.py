@@ -13,9 +13,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 from sila_jax import folder_data
 from sila_jax import input_pipeline
 from sila_jax.errors import DataError
-from tests.folders import make_folder
-
-AXIS = 'data'
+from tests.helpers import AXIS, make_folder
 
 
 @pytest.fixture
@@ -46,6 +44,7 @@ def test_folder_slices_are_class_balanced_and_disjoint(folder_config):
   assert digests(train_images) | digests(held_images) == digests(all_images)
 
 
+@pytest.mark.slow
 def test_folder_order_is_tfds_image_folders(folder_config):
   """The order (and so every per-class slice) of the TFDS ImageFolder this replaced."""
   tfds = pytest.importorskip('tensorflow_datasets')

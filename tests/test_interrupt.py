@@ -1,6 +1,6 @@
 """Ctrl-C: the first finishes the step, saves and stops (status 130); a second stops at once.
 
-The processes are real train.py runs on 2 fake CPU devices (tests/test_faults.py's set-up).
+The processes are real train.py runs on 2 fake CPU devices (tests/helpers.py's launch).
 """
 import signal
 import subprocess
@@ -9,13 +9,7 @@ import time
 
 import pytest
 
-from tests.folders import make_folder
-from tests.test_faults import cli_overrides, launch, logged_steps, saved_steps
-
-
-@pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  return make_folder(tmp_path_factory.mktemp('data'), per_class=20)
+from tests.helpers import cli_overrides, launch, logged_steps, saved_steps
 
 
 def interrupt(tmp_path, data_dir, presses):
@@ -36,6 +30,7 @@ def interrupt(tmp_path, data_dir, presses):
   return process, stdout, open(log_path).read(), max(logged_steps(workdir)), saved_steps(workdir)
 
 
+@pytest.mark.slow
 def test_first_ctrl_c_saves_the_step_and_says_how_to_resume(data_dir, tmp_path):
   process, stdout, log, reached, saved = interrupt(tmp_path, data_dir, presses=1)
   assert process.returncode == 130, log[-3000:]
@@ -45,6 +40,7 @@ def test_first_ctrl_c_saves_the_step_and_says_how_to_resume(data_dir, tmp_path):
   assert 'Traceback' not in log
 
 
+@pytest.mark.slow
 def test_second_ctrl_c_stops_at_once_in_one_line(data_dir, tmp_path):
   process, _, log, _, _ = interrupt(tmp_path, data_dir, presses=2)
   assert process.returncode == 130, log[-3000:]

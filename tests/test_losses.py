@@ -79,6 +79,7 @@ def test_unknown_variant_is_rejected():
     losses.sila_loss(LOGITS, SIAMESE, LABELS, variant='double')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('variant', losses.VARIANTS)
 def test_gradients_reach_every_siamese_head(tiny_config, variant):
   tiny_config.sila.update(num_heads=3, attach='stage2', variant=variant)

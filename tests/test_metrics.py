@@ -1,43 +1,11 @@
 """The metrics writer: metrics.jsonl with typed records, TensorBoard events, the log line."""
 import glob
 import os
-import sys
-import types
 
 import pytest
 
 from sila_jax import metrics
-
-
-def tensorboard_scalars(workdir):
-  """{tag: [(step, value), ...]} as TensorBoard itself reads <workdir>'s event files."""
-  # TensorBoard's own marker for "use the TensorFlow stub": the reader without TensorFlow.
-  sys.modules.setdefault('tensorboard.compat.notf', types.ModuleType('tensorboard.compat.notf'))
-  from tensorboard.backend.event_processing import event_accumulator
-  accumulator = event_accumulator.EventAccumulator(workdir, size_guidance={'scalars': 0})
-  accumulator.Reload()
-  return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)]
-          for tag in accumulator.Tags()['scalars']}
-
-
-def jsonl_scalars(workdir):
-  """The same {tag: [(step, value), ...]} from metrics.jsonl."""
-  scalars = {}
-  for record in metrics.read(workdir):
-    for name, value in record.items():
-      if name not in ('type', 'step'):
-        scalars.setdefault(f"{record['type']}/{name}", []).append((record['step'], value))
-  return scalars
-
-
-def assert_same_scalars(workdir):
-  """TensorBoard's events hold exactly metrics.jsonl's values (to float32)."""
-  events, records = tensorboard_scalars(workdir), jsonl_scalars(workdir)
-  assert sorted(events) == sorted(records)
-  for tag, points in records.items():
-    assert [step for step, _ in events[tag]] == [step for step, _ in points], tag
-    assert [value for _, value in events[tag]] == pytest.approx(
-        [value for _, value in points], rel=1e-6), tag
+from tests.helpers import assert_same_scalars, tensorboard_scalars
 
 
 def test_records_say_their_type_and_reach_every_sink(tmp_path):

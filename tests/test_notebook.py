@@ -3,12 +3,13 @@ import json
 import os
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 from PIL import Image
 
-from tests.folders import make_folder
+from tests.helpers import ROOT, make_folder, xla_flags
+pytestmark = pytest.mark.slow  # Starts a kernel and trains in it.
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, 'notebooks', 'sila_colab.ipynb')
 
 
@@ -28,7 +29,7 @@ def test_notebook_trains_evaluates_exports_and_draws(tmp_path):
       "'num_classes': 3, 'train_split': 'train[:-2]', 'eval_split': 'train[-2:]', "
       "'width': 0.25, 'batch_size': 8, 'eval_batch_size': 8, 'num_epochs': 2, "
       "'log_every_steps': 1}"))
-  env = {**os.environ, 'PYTHONPATH': ROOT, 'XLA_FLAGS': ''}  # One CPU device, as on Colab.
+  env = {**os.environ, 'PYTHONPATH': ROOT, 'XLA_FLAGS': xla_flags()}  # One CPU device, as on Colab.
   NotebookClient(notebook, timeout=600, kernel_name='python3',
                  resources={'metadata': {'path': str(tmp_path)}}).execute(env=env)
 

@@ -4,11 +4,12 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
-from tests.folders import make_folder
+from tests.helpers import ROOT, make_folder, xla_flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow  # pip builds and installs the package; its command trains.
 
 
 def copy_of_the_checkout(destination):
@@ -32,7 +33,7 @@ def test_installed_commands_train_and_plot_outside_the_checkout(tmp_path):
   assert installed.returncode == 0, installed.stderr[-3000:]
   elsewhere = tmp_path / 'elsewhere'
   elsewhere.mkdir()
-  env = {**os.environ, 'PYTHONPATH': str(target), 'XLA_FLAGS': ''}
+  env = {**os.environ, 'PYTHONPATH': str(target), 'XLA_FLAGS': xla_flags()}
 
   def run(*command):
     done = subprocess.run(command, cwd=elsewhere, env=env, capture_output=True, text=True,

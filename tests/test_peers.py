@@ -1,6 +1,7 @@
 """DML peers: the mimicry term, the stop-gradient, K = 1, vmapped peers, devices, eval, export."""
 import json
 import os
+import shutil
 
 import chex
 import jax
@@ -20,8 +21,7 @@ from sila_jax import peers
 from sila_jax import train
 from sila_jax import runs
 from sila_jax import train_step as train_step_lib
-from tests.test_train import plain_param_count
-from tests.test_train_step import batches, one_run, run, setup
+from tests.helpers import batches, make_tiny_config, one_run, plain_param_count, run, setup
 
 
 @pytest.fixture
@@ -73,6 +73,7 @@ def test_mimicry_gradient_reaches_only_the_peer_itself():
         assert np.all(grad[j] == 0.0)
 
 
+@pytest.mark.slow
 def test_a_peers_objective_sends_no_gradient_into_another_peer(dml_config):
   groups = peers.create_groups(dml_config)  # No data axis: BatchNorm over this batch alone.
   variables = peers.init_variables(groups, jax.random.PRNGKey(0), (32, 32, 3))
@@ -92,6 +93,7 @@ def test_a_peers_objective_sends_no_gradient_into_another_peer(dml_config):
   assert max(norms[1]) == 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('model', ['resnet20', 'dy_resnet20'])
 def test_vmapped_peers_without_mimicry_train_like_separate_models(dml_config, model):
   dml_config.model = model
@@ -136,6 +138,7 @@ def test_peer_outputs_and_state_shapes(tiny_config):
   assert batch_stats is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kind', parallel_lib.KINDS)
 def test_eight_devices_match_one(dml_config, kind):
   dml_config.sila.update(num_heads=2, kl_weight=0.5)
@@ -189,6 +192,7 @@ def final_state(config, workdir):
     manager.close()
 
 
+@pytest.mark.slow
 def test_one_peer_is_single_training_bit_for_bit(tiny_config, tmp_path):
   train.train_and_evaluate(tiny_config, str(tmp_path / 'single'))
   one_peer = tiny_config.copy_and_resolve_references()
@@ -204,16 +208,25 @@ def test_one_peer_is_single_training_bit_for_bit(tiny_config, tmp_path):
   assert {r['type'] for r in records('single')} == {metrics.TRAIN, metrics.VALIDATION}
 
 
-@pytest.fixture
-def dml_run(dml_config, tmp_path):
-  """A 3-step SiLa + DML run of two peers with independent augmentation, on 40 images."""
-  dml_config.dml.independent_augment = True
-  workdir = str(tmp_path / 'run')
-  result = train.train_and_evaluate(dml_config, workdir)
-  evaluated = evaluate.evaluate_workdir(dml_config, workdir)
-  return dml_config, workdir, result, evaluated
+# The tests that read `dml_run` run on one xdist worker, which trains it once.
+READS_DML_RUN = pytest.mark.xdist_group('test_peers.dml_run')
 
 
+@pytest.fixture(scope='module')
+def dml_run(ten_class_folder, tmp_path_factory):
+  """A 3-step SiLa + DML run of two peers with independent augmentation, on 40 images, and
+  its evaluation; shared by the tests below, which read it (a test that trains on works on a
+  copy of the config and the workdir)."""
+  config = make_tiny_config(ten_class_folder)
+  config.dml.update(num_peers=2, independent_augment=True)
+  workdir = str(tmp_path_factory.mktemp('dml_run') / 'run')
+  result = train.train_and_evaluate(config, workdir)
+  evaluated = evaluate.evaluate_workdir(config, workdir)
+  return config, workdir, result, evaluated
+
+
+@pytest.mark.slow
+@READS_DML_RUN
 def test_eval_reports_every_peer_and_the_ensemble(dml_run):
   config, workdir, result, evaluated = dml_run
   assert {'loss_mimicry', 'peer_0/accuracy', 'peer_1/accuracy', 'peer_1/loss'} <= set(
@@ -229,6 +242,8 @@ def test_eval_reports_every_peer_and_the_ensemble(dml_run):
   assert saved['ensemble/accuracy'] == pytest.approx(result['val']['ensemble/accuracy'])
 
 
+@pytest.mark.slow
+@READS_DML_RUN
 def test_each_peer_exports_alone(dml_run, tmp_path):
   config, workdir, _, evaluated = dml_run
   for peer in (0, 1):
@@ -243,15 +258,20 @@ def test_each_peer_exports_alone(dml_run, tmp_path):
     assert from_export['loss'] == pytest.approx(evaluated[f'peer_{peer}/loss'], rel=1e-6)
 
 
-def test_dml_run_resumes(dml_run):
+@pytest.mark.slow
+@READS_DML_RUN
+def test_dml_run_resumes(dml_run, tmp_path):
   config, workdir, _, _ = dml_run
+  config = config.copy_and_resolve_references()
   config.num_train_steps = 4
+  workdir = str(shutil.copytree(workdir, tmp_path / 'run'))
   result = train.train_and_evaluate(config, workdir)
   assert result['step'] == 4
   # One run of two peers.
   assert final_state(config, workdir).params[0]['head']['Dense_0']['kernel'].shape == (1, 2, 16, 10)
 
 
+@pytest.mark.slow
 def test_heterogeneous_dynamic_peers_train_evaluate_and_export(tiny_config, tmp_path):
   tiny_config.dml.update(num_peers=2, models=('dy_resnet20', 'wrn16_4'))
   tiny_config.num_train_steps = 2

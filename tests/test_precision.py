@@ -18,13 +18,14 @@ from sila_jax import optimizer as optimizer_lib
 from sila_jax import parallel as parallel_lib
 from sila_jax import train_step as train_step_lib
 from sila_jax.batch_norm import BatchNorm
-from tests.test_train_step import one_run
+from tests.helpers import one_run
 
 
 def floating_dtypes(tree):
   return {x.dtype for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)}
 
 
+@pytest.mark.slow
 def test_bfloat16_step_keeps_float32_parameters_statistics_optimizer_state_and_loss(
     tiny_config):
   tiny_config.update(dtype='bfloat16', batch_size=8)
@@ -76,6 +77,7 @@ def test_bfloat16_model_computes_in_bfloat16_and_returns_float32(tiny_config, na
   assert floating_dtypes(stats) == {np.dtype(jnp.float32)}
 
 
+@pytest.mark.slow
 def test_bfloat16_forward_is_close_to_float32(tiny_config):
   bf16, f32 = bfloat16_and_float32_models(tiny_config)
   images = jax.random.normal(jax.random.PRNGKey(0), (4, 16, 16, 3))

@@ -10,7 +10,7 @@ from sila_jax import metrics
 from sila_jax import runs
 from sila_jax import train
 from sila_jax.errors import ConfigError
-from tests.folders import make_folder
+from tests.helpers import make_folder
 
 # Four runs with their own seeds and settings; run 3 repeats run 0's seed.
 RUNS = {'seed': (0, 1, 2, 0), 'sila_weight': (0.0, 1.0, 0.5, 2.0),
@@ -67,6 +67,7 @@ def assert_trains_like_alone(together, workdir, run, tmp_path):
   return alone, export_dir
 
 
+@pytest.mark.slow
 def test_four_runs_together_train_like_four_runs_alone(runs_config, tmp_path):
   together = runs_config.copy_and_resolve_references()
   together.num_runs = 4
@@ -92,6 +93,7 @@ def test_four_runs_together_train_like_four_runs_alone(runs_config, tmp_path):
                          run_3['params']['head']['Dense_0']['kernel'])
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_alone_and_the_other_trains_as_it_would_alone(runs_config,
                                                                             tmp_path):
   together = runs_config.copy_and_resolve_references()
@@ -113,6 +115,7 @@ def test_a_diverging_run_stops_alone_and_the_other_trains_as_it_would_alone(runs
   assert_trains_like_alone(together, workdir, 0, tmp_path)
 
 
+@pytest.mark.slow
 def test_a_run_with_sila_weight_zero_trains_the_plain_model(tiny_config, tmp_path):
   plain = tiny_config.copy_and_resolve_references()
   plain.sila.enabled = False
@@ -124,6 +127,7 @@ def test_a_run_with_sila_weight_zero_trains_the_plain_model(tiny_config, tmp_pat
   chex.assert_trees_all_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_runs_of_dml_peers_export_and_evaluate_each_peer_of_each_run(tiny_config, tmp_path):
   tiny_config.update(num_runs=2, num_train_steps=2)
   tiny_config.dml.num_peers = 2

@@ -83,6 +83,7 @@ def sorted_examples(images: np.ndarray, labels: np.ndarray) -> list[tuple[bytes,
   return sorted(zip((image.tobytes() for image in images), labels.tolist()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('split', ['train', 'test'])
 def test_reads_exactly_the_examples_written(prepared, split):
   data_dir, written = prepared

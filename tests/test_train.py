@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -17,28 +18,27 @@ from sila_jax import model as model_lib
 from sila_jax import plot
 from sila_jax import train
 from sila_jax.errors import DataError
-from tests import test_metrics
-from tests.folders import make_folder
+from tests.helpers import (ROOT, assert_same_scalars, make_folder, make_tiny_config,
+                           plain_param_count, xla_flags)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def plain_param_count(config):
-  plain = config.copy_and_resolve_references()
-  plain.sila.enabled = False
-  variables = model_lib.abstract_variables(model_lib.create_model(plain), plain.image_size)
-  return model_lib.count_params(variables['params'])
+# The tests that read `trained` run on one xdist worker, which trains it once.
+READS_TRAINED = pytest.mark.xdist_group('test_train.trained')
 
 
-@pytest.fixture
-def trained(tiny_config, tmp_path):
-  """A 3-step SiLa run (2 Siamese heads, stage attachment) on 40 images of 10 classes."""
-  tiny_config.sila.update(num_heads=2, attach='stage2')
-  workdir = str(tmp_path / 'run')
-  result = train.train_and_evaluate(tiny_config, workdir)
-  return tiny_config, workdir, result
+@pytest.fixture(scope='module')
+def trained(ten_class_folder, tmp_path_factory):
+  """A 3-step SiLa run (2 Siamese heads, stage attachment) on 40 images of 10 classes, shared
+  by the tests below: they read its workdir (evaluation adds its eval_train.json, the same
+  each time) and never change its config; a test that trains on works on a copy."""
+  config = make_tiny_config(ten_class_folder)
+  config.sila.update(num_heads=2, attach='stage2')
+  workdir = str(tmp_path_factory.mktemp('trained') / 'run')
+  result = train.train_and_evaluate(config, workdir)
+  return config, workdir, result
 
 
+@pytest.mark.slow
+@READS_TRAINED
 def test_training_logs_checkpoints_and_validates(trained):
   config, workdir, result = trained
   assert result['step'] == 3
@@ -51,11 +51,14 @@ def test_training_logs_checkpoints_and_validates(trained):
   assert [r['step'] for r in metrics.read(workdir, metrics.VALIDATION)] == [2, 3]
 
 
+@READS_TRAINED
 def test_tensorboard_reads_the_values_of_metrics_jsonl(trained):
   _, workdir, _ = trained
-  test_metrics.assert_same_scalars(workdir)
+  assert_same_scalars(workdir)
 
 
+@pytest.mark.slow
+@READS_TRAINED
 def test_run_json_describes_the_run(trained):
   config, workdir, _ = trained
   described = json.load(open(os.path.join(workdir, train.RUN_DESCRIPTION)))
@@ -66,6 +69,7 @@ def test_run_json_describes_the_run(trained):
   assert described['command'] == sys.argv and described['start_step'] == 0
 
 
+@READS_TRAINED
 def test_plot_draws_the_runs_curves(trained, tmp_path):
   _, workdir, _ = trained
   out = str(tmp_path / 'curves.png')
@@ -79,6 +83,7 @@ def test_plot_draws_the_runs_curves(trained, tmp_path):
     assert png.format == 'PNG' and png.size[0] > 400
 
 
+@READS_TRAINED
 def test_eval_uses_the_plain_models_parameters(trained):
   config, workdir, result = trained
   evaluated = evaluate.evaluate_workdir(config, workdir)
@@ -90,6 +95,7 @@ def test_eval_uses_the_plain_models_parameters(trained):
   assert saved['loss'] == pytest.approx(result['val']['loss'], rel=1e-5)
 
 
+@READS_TRAINED
 def test_export_holds_the_plain_model_and_evaluates_like_the_checkpoint(trained, tmp_path):
   config, workdir, _ = trained
   export_dir = str(tmp_path / 'export')
@@ -107,6 +113,7 @@ def test_export_holds_the_plain_model_and_evaluates_like_the_checkpoint(trained,
   assert from_export == from_checkpoint
 
 
+@pytest.mark.slow
 def test_best_checkpoint_is_kept_besides_the_newest(tiny_config, tmp_path):
   tiny_config.update(num_train_steps=6, eval_every_steps=1, checkpoint_every_steps=1,
                      keep_checkpoints=2)
@@ -121,12 +128,16 @@ def test_best_checkpoint_is_kept_besides_the_newest(tiny_config, tmp_path):
   assert best['step'] == first_best and best['accuracy'] == accuracies[first_best]
 
 
-def test_rerun_resumes_from_the_latest_checkpoint(trained):
+@pytest.mark.slow
+@READS_TRAINED
+def test_rerun_resumes_from_the_latest_checkpoint(trained, tmp_path):
   config, workdir, _ = trained
+  config = config.copy_and_resolve_references()
   config.num_train_steps = 4
-  result = train.train_and_evaluate(config, workdir)
+  workdir = shutil.copytree(workdir, tmp_path / 'run')
+  result = train.train_and_evaluate(config, str(workdir))
   assert result['step'] == 4
-  assert [r['step'] for r in metrics.read(workdir, metrics.TRAIN)] == [1, 2, 3, 4]
+  assert [r['step'] for r in metrics.read(str(workdir), metrics.TRAIN)] == [1, 2, 3, 4]
 
 
 def test_label_count_must_match_the_dataset(tiny_config, tmp_path):
@@ -142,9 +153,10 @@ def without_tensorflow(tmp_path):
     with open(tmp_path / 'blocked' / name / '__init__.py', 'w') as f:
       f.write(f"raise ImportError('{name} is blocked in this test')\n")
   return {**os.environ, 'PYTHONPATH': str(tmp_path / 'blocked'),
-          'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
+          'XLA_FLAGS': xla_flags(2)}
 
 
+@pytest.mark.slow
 def test_command_line_train_rerun_eval_export_without_tensorflow(tmp_path):
   data_dir = make_folder(tmp_path / 'data', per_class=6)
   workdir = str(tmp_path / 'run')

@@ -28,7 +28,6 @@ flags.mark_flags_as_mutual_exclusive(['workdir', 'export_dir'], required=True)
 def _main(argv):
   del argv
   distributed.initialize(_CONFIG.value.distributed)  # Before any device is touched.
-  checkpoint.quiet_orbax_logs()
   if _EXPORT_DIR.value:
     result = evaluate.evaluate_export(_CONFIG.value, _EXPORT_DIR.value, _SPLIT.value)
   else:

@@ -32,7 +32,6 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def _main(argv):
   del argv
   distributed.initialize(_CONFIG.value.distributed)  # Before any device is touched.
-  checkpoint.quiet_orbax_logs()
   suffix = (f'_run_{_RUN.value}' if _RUN.value else '') + (
       f'_peer_{_PEER.value}' if _PEER.value else '')
   export_dir = _EXPORT_DIR.value or f'{_WORKDIR.value}/export{suffix}'

@@ -1,14 +1,14 @@
 """Train a SiLa model: sila-train --config=configs/cifar10.py --workdir=/tmp/run.
 
 SIGTERM or a first Ctrl-C saves a checkpoint and stops (exit status 0, or 130 for Ctrl-C);
-the same command resumes. A second Ctrl-C stops at once.
+the same command resumes. A second Ctrl-C stops at once, and so does the first signal
+before the first step (reading data, compiling), when there is nothing to save.
 """
 import sys
 
 from absl import flags
 from ml_collections import config_flags
 
-from sila_jax import checkpoint
 from sila_jax import cli
 from sila_jax import distributed
 from sila_jax import train
@@ -22,8 +22,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def _main(argv):
   del argv
   distributed.initialize(_CONFIG.value.distributed)  # Before any device is touched.
-  checkpoint.quiet_orbax_logs()
-  result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, exit_at_once=True)
   if result['status'] == 'complete':
     print(f'{_WORKDIR.value}: the run is already complete at step {result["step"]}; '
           'nothing was retrained.')

@@ -1,4 +1,4 @@
-"""CIFAR-10 from an ImageFolder tree (../shared/data unpacked to /tmp/cifar10).
+"""CIFAR-10 from an ImageFolder tree of JPEGs at /tmp/cifar10 (/tmp/cifar10/train/<class>/).
 
 Holds out the last 500 images of every class for validation (45k / 5k, class-balanced).
 """

@@ -113,5 +113,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = -1  # -1: once per epoch; 0: never.
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3  # The newest ones; <workdir>/best holds the best one besides.
+  # 'a,b': a jax.profiler trace of steps a+1..b in <workdir>/profile (TensorBoard's profile
+  # plugin or Perfetto); '' for none.
+  config.profile_steps = ''
   config.seed = 0
   return config

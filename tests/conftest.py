@@ -1,5 +1,5 @@
-"""Test set-up, before JAX starts: 8 fake CPU devices, quick compilation and one compilation
-cache for the session (the processes the tests start inherit all three); then small image
+"""Test set-up, before JAX starts: 8 fake CPU devices and one compilation cache for the
+session (the processes the tests start inherit both); then small image
 folders, a small fast configuration, and the two tiers of the suite (`-m "not slow"` is the
 inner loop)."""
 import os
@@ -14,15 +14,6 @@ def _xla_flags(*extra):
   return ' '.join(flags + [flag for flag in extra if flag not in flags])
 
 
-# The tests' programs are tiny and run a few steps: compiling them dominates, and without
-# LLVM's optimisations (the same operations, less optimised code) XLA:CPU compiles in about
-# half the time: a 3-step training of tiny_config's model in 28 s instead of 54 s, a
-# DY-ResNet-20's step in 42 s instead of 72 s. (With --xla_cpu_use_fusion_emitters=false as
-# well, 20 % faster again, vmapped DY peers and the same peers trained alone drift 0.4 %
-# apart in two steps; each flag alone keeps them within 1e-5.)
-# SILA_JAX_TEST_XLA=default keeps XLA's own optimisation level.
-if os.environ.get('SILA_JAX_TEST_XLA') != 'default':
-  os.environ['XLA_FLAGS'] = _xla_flags('--xla_backend_optimization_level=0')
 os.environ['XLA_FLAGS'] = _xla_flags('--xla_force_host_platform_device_count=8')
 # Many tests compile the same programs (in this process, in the other xdist worker, and in
 # the train.py processes they start, which inherit the environment): JAX's persistent cache

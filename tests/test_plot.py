@@ -154,3 +154,23 @@ def test_workdirs_of_the_same_name_exit(plain, tmp_path):
   other = _write(tmp_path / 'other' / 'plain', [('train', 1, _train(1.0, 0.5))])
   with pytest.raises(SystemExit, match='sila-plot: error: Workdirs with the same name'):
     plot.main([plain, other])
+
+
+def test_sila_plot_draws_the_norms_of_each_run_in_a_third_panel(tmp_path):
+  def record(loss, grad_norms, param_norms):
+    return runs.summarize({'loss_main': [loss, loss], 'accuracy': [0.5, 0.5],
+                           'grad_norm': grad_norms, 'param_norm': param_norms})
+  workdir = _write(tmp_path / 'two_runs', [('train', 1, record(2.0, [3.0, 4.0], [20.0, 21.0])),
+                                           ('train', 2, record(1.0, [2.0, 1.0], [22.0, 23.0]))])
+  data = plot.curves([workdir])
+  assert data['norm'] == {'run_0 grad_norm': ([1, 2], [3.0, 2.0]),
+                          'run_0 param_norm': ([1, 2], [20.0, 22.0]),
+                          'run_1 grad_norm': ([1, 2], [4.0, 1.0]),
+                          'run_1 param_norm': ([1, 2], [21.0, 23.0])}
+  figure = plot.draw(data, str(tmp_path / 'curves.png'))
+  assert [ax.get_title() for ax in figure.axes] == [plot.TITLES[p] for p in plot.PANELS]
+  assert figure.axes[2].get_yscale() == 'log'
+  # Records written before the norms were: two panels, as before.
+  old = _write(tmp_path / 'old', [('train', 1, {'loss_main': 1.0, 'accuracy': 0.5})])
+  assert 'norm' not in plot.curves([old])
+  assert len(plot.draw(plot.curves([old]), str(tmp_path / 'old.png')).axes) == 2

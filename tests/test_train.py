@@ -51,6 +51,7 @@ def test_training_logs_checkpoints_and_validates(trained):
   assert [r['step'] for r in metrics.read(workdir, metrics.VALIDATION)] == [2, 3]
 
 
+@pytest.mark.slow
 @READS_TRAINED
 def test_tensorboard_reads_the_values_of_metrics_jsonl(trained):
   _, workdir, _ = trained
@@ -69,6 +70,7 @@ def test_run_json_describes_the_run(trained):
   assert described['command'] == sys.argv and described['start_step'] == 0
 
 
+@pytest.mark.slow
 @READS_TRAINED
 def test_plot_draws_the_runs_curves(trained, tmp_path):
   _, workdir, _ = trained
@@ -83,6 +85,7 @@ def test_plot_draws_the_runs_curves(trained, tmp_path):
     assert png.format == 'PNG' and png.size[0] > 400
 
 
+@pytest.mark.slow
 @READS_TRAINED
 def test_eval_uses_the_plain_models_parameters(trained):
   config, workdir, result = trained
@@ -95,6 +98,7 @@ def test_eval_uses_the_plain_models_parameters(trained):
   assert saved['loss'] == pytest.approx(result['val']['loss'], rel=1e-5)
 
 
+@pytest.mark.slow
 @READS_TRAINED
 def test_export_holds_the_plain_model_and_evaluates_like_the_checkpoint(trained, tmp_path):
   config, workdir, _ = trained

@@ -39,22 +39,29 @@ def test_sila_off_equals_plain_cross_entropy_bit_for_bit(tiny_config):
   assert [m['loss'] for m in ours_metrics] == [m['loss'] for m in ref_metrics]
 
 
-def one_and_eight_devices(config, kind, num_steps):
-  """Final states and metrics of the same steps on 1 and on 8 devices, and the start."""
+def two_head_step(config):
+  """(initial state, step of every run) of SiLa with two Siamese heads at stage 2 and the
+  consistency term: the program the tests below compile, on 1 and on 8 devices under each
+  wrapper (the session's compilation cache compiles each once)."""
   config.sila.update(num_heads=2, attach='stage2', kl_weight=0.5)
-  model, tx, schedule, state = setup(config)
-  step_fn = every_run(train_step_lib.make_train_step(model, schedule, config), config)
-  data = batches(num_steps)
-  one = run(parallel_lib.create_parallel(kind, step_fn, jax.devices()[:1]), state, data)
-  eight = run(parallel_lib.create_parallel(kind, step_fn, jax.devices()[:8]), state, data)
-  return one, eight, state
+  model, _, schedule, state = setup(config)
+  return state, every_run(train_step_lib.make_train_step(model, schedule, config), config)
+
+
+# One worker runs them, so that later ones find the programs of earlier ones in the cache.
+SHARES_THE_STEP = pytest.mark.xdist_group('test_train_step.two_head_step')
 
 
 @pytest.mark.slow
+@SHARES_THE_STEP
 @pytest.mark.parametrize('kind', parallel_lib.KINDS)
 def test_eight_devices_match_one_over_two_steps(tiny_config, kind):
-  (one_state, one_metrics), (eight_state, eight_metrics), start = one_and_eight_devices(
-      tiny_config, kind, num_steps=2)
+  start, step_fn = two_head_step(tiny_config)
+  data = batches(2)
+  one_state, one_metrics = run(parallel_lib.create_parallel(kind, step_fn, jax.devices()[:1]),
+                               start, data)
+  eight_state, eight_metrics = run(
+      parallel_lib.create_parallel(kind, step_fn, jax.devices()[:8]), start, data)
   assert int(eight_state.step) == 2
   chex.assert_trees_all_close(eight_state, one_state, rtol=1e-4, atol=1e-5)
   chex.assert_trees_all_close(eight_metrics, one_metrics, rtol=1e-4, atol=1e-5)  # Both steps.
@@ -64,10 +71,9 @@ def test_eight_devices_match_one_over_two_steps(tiny_config, kind):
 
 
 @pytest.mark.slow
+@SHARES_THE_STEP
 def test_shard_map_and_pmap_agree(tiny_config):
-  model, tx, schedule, state = setup(tiny_config)
-  step_fn = every_run(train_step_lib.make_train_step(model, schedule, tiny_config),
-                      tiny_config)
+  state, step_fn = two_head_step(tiny_config)
   data = batches(1)
   shard_state, _ = run(parallel_lib.ShardMapParallel(step_fn, jax.devices()[:8]), state, data)
   pmap_state, _ = run(parallel_lib.PmapParallel(step_fn, jax.devices()[:8]), state, data)

@@ -1,6 +1,6 @@
-"""What a run reports besides its losses: gradient and parameter norms (metrics.jsonl,
-sila-plot), a profiler trace of chosen steps, an ETA that leaves compilation out, and the
-validation a crash cut short, redone on resume."""
+"""What a run reports besides its losses: gradient and parameter norms, a profiler trace of
+chosen steps, an ETA that leaves compilation out, and the validation a crash cut short,
+redone on resume. (sila-plot's norm panel: tests/test_plot.py.)"""
 import glob
 import io
 import json
@@ -14,9 +14,7 @@ import pytest
 
 from sila_jax import config_checks
 from sila_jax import metrics
-from sila_jax import plot
 from sila_jax import progress
-from sila_jax import runs
 from sila_jax import train
 from sila_jax.errors import ConfigError
 from tests.helpers import make_tiny_config, saved_state
@@ -117,31 +115,3 @@ def test_the_eta_leaves_out_the_first_step():
   eta = 60 * int(minutes) + int(seconds)
   assert abs(eta - 95 * seconds_per_step) <= 1.0, (eta, seconds_per_step)
   bar.close()
-
-
-def _write(workdir, records):
-  writer = metrics.Writer(str(workdir), log=lambda line: None)
-  for kind, step, values in records:
-    writer.write(kind, step, values)
-  writer.close()
-  return str(workdir)
-
-
-def test_sila_plot_draws_the_norms_of_each_run_in_a_third_panel(tmp_path):
-  def record(loss, grad_norms, param_norms):
-    return runs.summarize({'loss_main': [loss, loss], 'accuracy': [0.5, 0.5],
-                           'grad_norm': grad_norms, 'param_norm': param_norms})
-  workdir = _write(tmp_path / 'two_runs', [('train', 1, record(2.0, [3.0, 4.0], [20.0, 21.0])),
-                                           ('train', 2, record(1.0, [2.0, 1.0], [22.0, 23.0]))])
-  data = plot.curves([workdir])
-  assert data['norm'] == {'run_0 grad_norm': ([1, 2], [3.0, 2.0]),
-                          'run_0 param_norm': ([1, 2], [20.0, 22.0]),
-                          'run_1 grad_norm': ([1, 2], [4.0, 1.0]),
-                          'run_1 param_norm': ([1, 2], [21.0, 23.0])}
-  figure = plot.draw(data, str(tmp_path / 'curves.png'))
-  assert [ax.get_title() for ax in figure.axes] == [plot.TITLES[p] for p in plot.PANELS]
-  assert figure.axes[2].get_yscale() == 'log'
-  # Records written before the norms were: two panels, as before.
-  old = _write(tmp_path / 'old', [('train', 1, {'loss_main': 1.0, 'accuracy': 0.5})])
-  assert 'norm' not in plot.curves([old])
-  assert len(plot.draw(plot.curves([old]), str(tmp_path / 'old.png')).axes) == 2

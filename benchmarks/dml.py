@@ -2,7 +2,7 @@
 
   python -m benchmarks.dml [--model resnet20] [--batch_size 128] [--steps 10] [--sila]
 
-The project's own train steps (`train_step` and `peer_train_step`, SGD) under the shard_map
+The project's own train step (`train_step`, one peer against two, SGD) under the shard_map
 wrapper on one device, on a random CIFAR-shaped batch. Times are medians over the timed
 steps, after two warm-up steps; run it on a quiet machine. Target: the pair at most 2.0x.
 """

@@ -15,6 +15,7 @@ from sila_jax.configs import default
 from sila_jax import model as model_lib
 from sila_jax import optimizer as optimizer_lib
 from sila_jax import parallel as parallel_lib
+from sila_jax import peers
 from sila_jax import runs
 from sila_jax import train_step as train_step_lib
 
@@ -24,24 +25,25 @@ def measure(name: str, batch_size: int, steps: int, width: float) -> dict[str, f
   config = default.get_config()
   config.update(model=name, width=width, batch_size=batch_size)
   config.sila.enabled = False
-  model = model_lib.create_model(config, bn_axis_name=train_step_lib.AXIS)
+  groups = peers.create_groups(config, bn_axis_name=train_step_lib.AXIS)
   schedule = optimizer_lib.learning_rate_schedule(config, 1000, 100)
   tx = optimizer_lib.create_optimizer(config, schedule)
   tau = (optimizer_lib.attention_temperature_schedule(config, 100)
          if model_lib.is_dynamic(name) else None)
-  state = runs.init(lambda key: train_step_lib.create_train_state(model, tx, key, (32, 32, 3)),
+  state = runs.init(lambda key: train_step_lib.create_train_state(groups, tx, key, (32, 32, 3)),
                     config)
   batch = timing.random_batch(batch_size)
 
   # XLA's count includes DynamicConv's multiplications by padding zeros and its per-tap adds,
   # which it leaves out for a static conv: mixing the kernels alone adds about 3% to ResNet-20.
   plain = model_lib.create_model(config)
-  variables = runs.take({'params': state.params, 'batch_stats': state.batch_stats}, 0)
+  variables = peers.peer_variables(
+      config, runs.take({'params': state.params, 'batch_stats': state.batch_stats}, 0), 0)
   forward = jax.jit(lambda variables, images: plain.apply(variables, images, train=False))
   flops = forward.lower(variables, batch['image']).compile().cost_analysis()['flops']
 
   parallel = parallel_lib.ShardMapParallel(
-      runs.vmap_step(train_step_lib.make_train_step(model, schedule, config, tau), config,
+      runs.vmap_step(train_step_lib.make_train_step(groups, schedule, config, tau), config,
                      batch_axis=None), jax.devices()[:1])
   return dict(params=model_lib.count_params(variables['params']), flops=flops,
               images_per_s=batch_size / timing.median_step_seconds(parallel, state, batch, steps))

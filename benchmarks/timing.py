@@ -5,7 +5,6 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from sila_jax import model as model_lib
 from sila_jax import optimizer as optimizer_lib
 from sila_jax import parallel as parallel_lib
 from sila_jax import peers
@@ -35,19 +34,14 @@ def median_step_seconds(parallel: Any, state: Any, batch: dict[str, np.ndarray],
 
 def config_parallel(config, devices: Sequence[jax.Device]
                     ) -> tuple[parallel_lib.ShardMapParallel, train_step_lib.TrainState]:
-  """The project's train step for `config` (one model, or its DML peers) under the shard_map
+  """The project's train step for `config` (its peers; one: a single model) under the shard_map
   wrapper on `devices`, and its initial state."""
   schedule = optimizer_lib.learning_rate_schedule(config, 1000, 100)
   tx = optimizer_lib.create_optimizer(config, schedule)
   image_shape = (32, 32, 3)
-  if peers.is_dml(config):
-    groups = peers.create_groups(config, bn_axis_name=train_step_lib.AXIS)
-    create = lambda key: train_step_lib.create_peer_train_state(groups, tx, key, image_shape)
-    step_fn = train_step_lib.make_peer_train_step(groups, schedule, config)
-  else:
-    model = model_lib.create_model(config, bn_axis_name=train_step_lib.AXIS)
-    create = lambda key: train_step_lib.create_train_state(model, tx, key, image_shape)
-    step_fn = train_step_lib.make_train_step(model, schedule, config)
+  groups = peers.create_groups(config, bn_axis_name=train_step_lib.AXIS)
+  create = lambda key: train_step_lib.create_train_state(groups, tx, key, image_shape)
+  step_fn = train_step_lib.make_train_step(groups, schedule, config)
   every_run = runs.vmap_step(step_fn, config, batch_axis=None)  # As training runs it.
   return parallel_lib.ShardMapParallel(every_run, devices), runs.init(create, config)
 

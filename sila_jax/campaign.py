@@ -4,12 +4,13 @@
       [--dry_run] [--data_dir D] [--device_kind KIND] [--throughput FILE ...]
 
 A campaign file's `get_campaign()` lists blocks in priority order, each {'name', 'grid' (an
-experiment grid, sila_jax/experiments.py), 'title'}. A call reads what is finished under
-DIR/<block>/runs and trains the next unfinished computations (experiments.group of a block's
-runs: runs differing only in runs.FIELDS train as one) in priority order, starting none it
-expects not to finish inside what is left of --budget_s. Every run takes --data_dir and the
-form of the run axis' convolutions measured fastest on the device kind (neither changes
-what a run computes, so neither is part of a run's identity: experiments.MACHINE_FIELDS). Estimates: compile + R x steps x batch
+experiment grid, sila_jax/experiments/planning.py), 'title'}. A call reads what is finished
+under DIR/<block>/runs and trains the next unfinished computations (planning.group of a
+block's runs: runs differing only in runs.FIELDS train as one) in priority order, starting
+none it expects not to finish inside what is left of --budget_s. Every run takes --data_dir
+and the form of the run axis' convolutions measured fastest on the device kind (neither
+changes what a run computes, so neither is part of a run's identity:
+planning.MACHINE_FIELDS). Estimates: compile + R x steps x batch
 / aggregate images/s at R runs + validation, the images/s taken from this campaign's
 throughput records for the device kind (DIR/throughput/*.jsonl, written by
 benchmarks.batched_runs), else from --throughput files (default: the committed device
@@ -23,7 +24,7 @@ A computation's run count is chosen, from the same estimates, to fit one default
 that every call forms the same computations): a block that does not fit a call runs
 computation by computation across calls. Each finished run is written at once; SIGTERM (or
 the budget running out) stops the computation in training, whose finished runs are kept.
-After each computation the block's summaries (experiments.write_summaries) and DIR/tables.md
+After each computation the block's summaries (running.write_summaries) and DIR/tables.md
 (each block's summary.md, the newest first) are rewritten, and, when DIR is the repository's
 results/campaign, the include blocks of every page (README.md, docs/*.md) including its files.
 Every call but a dry run appends to DIR/log.md: date, machine, jax, commit, what it finished,
@@ -47,10 +48,12 @@ from typing import Any
 import ml_collections
 
 from sila_jax import config_checks
-from sila_jax import experiments
 from sila_jax import folder_data
+from sila_jax import metrics
 from sila_jax import model as model_lib
 from sila_jax.errors import ConfigError
+from sila_jax.experiments import planning
+from sila_jax.experiments import running
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CAMPAIGN = 'configs/campaign.py'
@@ -82,7 +85,7 @@ class Block:
   name: str
   title: str
   grid: dict[str, Any]
-  planned: tuple[experiments.Run, ...]
+  planned: tuple[planning.Run, ...]
 
 
 # ---------------------------------------------------------------------------------------
@@ -101,7 +104,7 @@ def campaign_path(value: str) -> str:
 def load_campaign(path: str, overrides: dict[str, Any] | None = None) -> list[Block]:
   """The blocks of the campaign file at `path`, `overrides` ({field: value}) applied to every
   run, every run's config checked."""
-  entries = experiments.call_file_function(campaign_path(path), 'get_campaign')
+  entries = planning.call_file_function(campaign_path(path), 'get_campaign')
   blocks = []
   for entry in entries:
     name = entry.get('name') if isinstance(entry, dict) else None
@@ -110,9 +113,9 @@ def load_campaign(path: str, overrides: dict[str, Any] | None = None) -> list[Bl
                         f'got {entry!r:.100}.')
     if name in (b.name for b in blocks) or name == 'throughput':
       raise ConfigError(f'{path}: block name {name!r} is used twice or reserved.')
-    grid = experiments.check_grid(entry['grid'], f'{path}: block {name}')
+    grid = planning.check_grid(entry['grid'], f'{path}: block {name}')
     try:
-      planned = experiments.plan(grid, overrides or {})
+      planned = planning.plan(grid, overrides or {})
       for run in planned:  # Every mistake before anything compiles.
         config_checks.check_config(run.config, 1)
     except ConfigError as e:
@@ -394,7 +397,7 @@ def make_estimator(out: str, device_kind: str, throughput: list[str],
 class Computation:
   """Runs of one block that train together; `members` are those not finished yet."""
   block: Block
-  members: tuple[experiments.Run, ...]
+  members: tuple[planning.Run, ...]
   estimate: Estimate
 
 
@@ -417,10 +420,10 @@ def block_computations(block: Block, out: str, estimator: Estimator) -> list[Com
   """The block's unfinished computations in priority order. They are formed from all its
   planned runs, so a call forms the same ones whatever earlier calls finished."""
   pending = []
-  for same in experiments.group(list(block.planned), len(block.planned)):
+  for same in planning.group(list(block.planned), len(block.planned)):
     size = runs_per_computation(estimator, same[0].config, len(same))
-    for members in experiments.group(same, size):
-      left = tuple(r for r in members if experiments.finished(r, block_out(out, block)) is None)
+    for members in planning.group(same, size):
+      left = tuple(r for r in members if running.finished(r, block_out(out, block)) is None)
       if left:
         pending.append(Computation(block, left, estimator.estimate(left[0].config, len(left))))
   return pending
@@ -463,9 +466,9 @@ def computations_file(out: str) -> str:
 # What a call writes: summaries, tables, README, the log.
 
 def write_block(block: Block, out: str) -> None:
-  """The block's runs.csv, summary.csv, summary.md and plots (experiments.write_summaries)."""
-  experiments.write_summaries(block.grid, list(block.planned), block_out(out, block),
-                              'bash experiments/campaign.sh', block.title)
+  """The block's runs.csv, summary.csv, summary.md and plots (running.write_summaries)."""
+  running.write_summaries(block.grid, list(block.planned), block_out(out, block),
+                          'bash experiments/campaign.sh', block.title)
 
 
 def write_tables(blocks: list[Block], out: str) -> str:
@@ -485,9 +488,7 @@ def write_tables(blocks: list[Block], out: str) -> str:
     parts.append(f'## {block.title} (`{block.name}`)\n\n'
                  f"Trained on: {', '.join(machines) or 'unknown'}.\n\n{summary}")
   path = os.path.join(out, 'tables.md')
-  with open(path + '.tmp', 'w') as f:
-    f.write('\n'.join(parts))
-  os.replace(path + '.tmp', path)
+  metrics.write_atomically(path, '\n'.join(parts))
   return path
 
 
@@ -547,7 +548,7 @@ def commit() -> str:
 
 def runs_left(blocks: list[Block], out: str) -> dict[str, tuple[int, int]]:
   """{block: (runs not finished, runs planned)}."""
-  return {b.name: (sum(experiments.finished(r, block_out(out, b)) is None for r in b.planned),
+  return {b.name: (sum(running.finished(r, block_out(out, b)) is None for r in b.planned),
                    len(b.planned)) for b in blocks}
 
 
@@ -647,8 +648,8 @@ def train(computation: Computation, out: str, estimator: Estimator) -> dict[str,
   block = computation.block
   start = time.perf_counter()
   export_seeds = tuple(block.grid.get('export_seeds', ()))
-  if experiments.train_group(list(computation.members), block_out(out, block),
-                             export_seeds=export_seeds):
+  if running.train_group(list(computation.members), block_out(out, block),
+                         export_seeds=export_seeds):
     return None  # Stopped.
   row = {'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
          'device_kind': estimator.device_kind, 'block': block.name,
@@ -704,7 +705,7 @@ def run_campaign(campaign: str, out: str, budget_s: float = DEFAULT_BUDGET_S, *,
   if data_dir and not os.path.isdir(data_dir):
     raise ConfigError(f'--data_dir {data_dir} is not a directory.')
   estimator = make_estimator(out, device_kind, list(throughput), dry_run)
-  # Neither changes what a run computes (experiments.MACHINE_FIELDS).
+  # Neither changes what a run computes (planning.MACHINE_FIELDS).
   overrides = {'kernels.peer_conv': estimator.peer_conv}
   if data_dir:
     overrides['data_dir'] = data_dir

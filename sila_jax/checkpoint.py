@@ -22,11 +22,8 @@ import orbax.checkpoint as ocp
 
 from sila_jax.configs import default
 from sila_jax import distributed
-from sila_jax import model as model_lib
-from sila_jax import peers
-from sila_jax import runs
 from sila_jax.config_checks import get_field
-from sila_jax.errors import CheckpointError
+from sila_jax.errors import CheckpointError, first_line
 
 LATEST, BEST = 'latest', 'best'
 DIRECTORIES = {LATEST: 'checkpoints', BEST: 'best'}  # Under the workdir.
@@ -39,6 +36,10 @@ TRAINING_FIELDS = MAIN_BRANCH_FIELDS + ('sila.enabled', 'sila.num_heads', 'sila.
 # TrainState fields added since checkpoints were first written; an older checkpoint restores
 # them as zeros (its runs had not diverged: training stopped at a non-finite loss then).
 ADDED_STATE_FIELDS = ('diverged_step',)
+# The trees that carry the peer axis (sila_jax/peers.py). A single model's checkpoint written
+# before a single model was one peer holds them without it: 'params/backbone/...' (R, ...)
+# where today's reads 'params/0/backbone/...' (R, 1, ...); `restore` converts it.
+PEER_TREES = ('params', 'batch_stats', 'opt_state')
 
 
 def create_manager(workdir: str, which: str = LATEST, keep: int = 1) -> ocp.CheckpointManager:
@@ -102,29 +103,53 @@ def check_model(meta: dict[str, Any], config: ml_collections.ConfigDict,
                           f"{', '.join(differ)}.")
 
 
+def _without_peer_axis(meta: dict[str, Any]) -> bool:
+  """Whether the checkpoint of `meta` holds a single model outside the peer axis (PEER_TREES)."""
+  return any(path.split('/')[0] in PEER_TREES and not path.split('/')[1].isdigit()
+             for path in meta['digests'])
+
+
+def _drop_peer_axis(target: dict[str, Any]) -> dict[str, Any]:
+  """A state dict of K = 1 peer as a checkpoint without the peer axis holds it."""
+  drop = lambda x: jax.ShapeDtypeStruct((x.shape[0], *x.shape[2:]), x.dtype)  # noqa: E731
+  return {k: jax.tree_util.tree_map(drop, v['0']) if k in PEER_TREES else v
+          for k, v in target.items()}
+
+
+def _add_peer_axis(tree: dict[str, Any]) -> dict[str, Any]:
+  """`_drop_peer_axis`' inverse on arrays read back."""
+  return {k: {'0': jax.tree_util.tree_map(lambda x: np.expand_dims(x, 1), v)}
+          if k in PEER_TREES else v for k, v in tree.items()}
+
+
 def restore(manager: ocp.CheckpointManager, step: int, target: dict[str, Any],
             meta: dict[str, Any]) -> dict[str, Any]:
   """Reads the arrays of `target` (a subtree of the saved state) and checks their digests.
+  A single model's checkpoint from before the peer axis reads as today's (PEER_TREES).
 
   Raises:
     CheckpointError: a file is missing, truncated or does not match its digest.
   """
+  if _without_peer_axis(meta):
+    return _add_peer_axis(_restore_checked(manager, step, _drop_peer_axis(target), meta))
+  return _restore_checked(manager, step, target, meta)
+
+
+def _restore_checked(manager: ocp.CheckpointManager, step: int, target: dict[str, Any],
+                     meta: dict[str, Any]) -> dict[str, Any]:
+  """`restore` of a checkpoint in the layout of `target`."""
   restore_args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
                                         target)
   try:
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
         target, restore_args=restore_args, partial_restore=True)))['state']
   except Exception as e:  # Orbax and tensorstore raise many types for a damaged file.
-    raise CheckpointError(f'unreadable ({type(e).__name__}: {_first_line(e)})') from e
+    raise CheckpointError(f'unreadable ({type(e).__name__}: {first_line(e)})') from e
   digests = _digests(restored)
   bad = [path for path, digest in digests.items() if meta['digests'].get(path) != digest]
   if bad:
     raise CheckpointError(f'{len(bad)} array(s) do not match their digest, e.g. {bad[0]}')
   return restored
-
-
-def _first_line(e: Exception) -> str:
-  return (str(e).strip().splitlines() or [''])[0][:300]
 
 
 def restore_newest_readable(manager: ocp.CheckpointManager, abstract_state: Any,
@@ -145,7 +170,7 @@ def restore_newest_readable(manager: ocp.CheckpointManager, abstract_state: Any,
     try:
       meta = read_meta(manager, step)
     except Exception as e:  # A damaged or missing meta item.
-      problem = f'unreadable metadata ({type(e).__name__}: {_first_line(e)})'
+      problem = f'unreadable metadata ({type(e).__name__}: {first_line(e)})'
     else:
       check_model(meta, config, TRAINING_FIELDS, directory)
       added = [k for k in ADDED_STATE_FIELDS if k in target and k not in meta['digests']]
@@ -178,25 +203,20 @@ def _move_aside(directory: str, step: int) -> str:
   return destination
 
 
-def restore_main_branch(workdir: str, config: ml_collections.ConfigDict,
+def restore_main_branch(workdir: str, config: ml_collections.ConfigDict, abstract: Any,
                         which: str = LATEST) -> tuple[dict[str, Any], dict[str, Any]]:
-  """Reads only the plain model's parameters and BatchNorm statistics ({backbone, head}) of
-  `workdir`'s latest (or best) checkpoint; Siamese heads and optimizer state are not read.
+  """Reads only the variables of `abstract` (peers.deployable_abstract's: every peer's
+  {backbone, head} and their BatchNorm statistics) of `workdir`'s latest (or best)
+  checkpoint; Siamese heads and optimizer state are not read. `config` is checked against
+  the checkpoint's.
 
   Returns:
-    (meta, variables): meta has 'step' and 'attention_temperature'; variables are ready for
-    the plain model's `apply` (DML: every peer's, for peers.apply with main-branch groups),
-    with the leading run axis (sila_jax/runs.py).
+    (meta, variables): meta has 'step' and 'attention_temperature'; variables are every
+    peer's, for peers.apply with main-branch groups, with the leading run axis
+    (sila_jax/runs.py).
   Raises:
     CheckpointError: no checkpoint, a corrupt one, or one written for another model.
   """
-  if peers.is_dml(config):
-    abstract = peers.abstract_variables(peers.create_groups(config, main_branch_only=True),
-                                        config.image_size)
-  else:
-    abstract = model_lib.abstract_variables(
-        model_lib.create_model(config, main_branch_only=True), config.image_size)
-  abstract = runs.stack_abstract(abstract, config.num_runs)
   target = flax.serialization.to_state_dict(abstract)
   directory = os.path.join(os.path.abspath(workdir), DIRECTORIES[which])
   if not os.path.isdir(directory):  # Reading creates nothing.
@@ -209,7 +229,7 @@ def restore_main_branch(workdir: str, config: ml_collections.ConfigDict,
       meta = read_meta(manager, step)
     except Exception as e:
       raise CheckpointError(f'The checkpoint at step {step} in {manager.directory} is corrupt: '
-                            f'unreadable metadata ({_first_line(e)}).') from e
+                            f'unreadable metadata ({first_line(e)}).') from e
     check_model(meta, config, MAIN_BRANCH_FIELDS, str(manager.directory))
     try:
       variables = restore(manager, step, target, meta)
@@ -229,7 +249,7 @@ def best_accuracy(manager: ocp.CheckpointManager) -> float:
     return read_meta(manager, step)['val_accuracy']
   except Exception as e:  # A damaged best checkpoint is replaced by the next best.
     logging.warning('Best checkpoint at step %d is unreadable (%s); it will be replaced.',
-                         step, _first_line(e))
+                         step, first_line(e))
     return -np.inf
 
 

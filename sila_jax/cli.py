@@ -73,14 +73,19 @@ def _parse_flags(argv: list[str]) -> list[str]:
   return remaining
 
 
+def overridden_fields(argv: list[str]) -> list[str]:
+  """The fields of argv's --config.<field>[=<value>] overrides, in order:
+  ['sila-train', '--config.sila.weight=2'] -> ['sila.weight']."""
+  return [arg[len('--config.'):].split('=', 1)[0] for arg in argv[1:]
+          if arg.startswith('--config.')]
+
+
 def unknown_override(argv: list[str]) -> str | None:
   """A message for the first --config.<field> override that names no known field."""
   known = config_checks.known_fields()
-  for arg in argv[1:]:
-    if arg.startswith('--config.'):
-      path = arg[len('--config.'):].split('=', 1)[0]
-      if path not in known:
-        return config_checks.unknown_field_message(path, known)
+  for path in overridden_fields(argv):
+    if path not in known:
+      return config_checks.unknown_field_message(path, known)
   return None
 
 

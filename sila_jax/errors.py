@@ -4,6 +4,13 @@ And the exit status they share after Ctrl-C."""
 INTERRUPTED = 130  # The exit status of a command stopped by Ctrl-C (128 + SIGINT).
 
 
+def first_line(error: BaseException) -> str:
+  """What a library's `error` says, fit for a one-line report: its message's first line, at
+  most 300 characters; its type's name if it has no message."""
+  lines = str(error).strip().splitlines()
+  return lines[0][:300] if lines else type(error).__name__
+
+
 class UserError(Exception):
   """Something the user can fix: a config, the data, a checkpoint or the numbers."""
 

@@ -28,44 +28,30 @@ from sila_jax import runs
 from sila_jax.train_step import AXIS
 
 
-def make_eval_step(model: model_lib.SilaClassifier):
-  """Jitted (variables, batch, attention_temperature) -> sums of loss, correct and count
-  over real examples.
+def make_eval_step(groups: tuple[peers.Group, ...]):
+  """Jitted (variables, batch, attention_temperature) -> sums over real examples: 'count',
+  and 'loss' and 'correct' of peer 0 (the deployed model), of each peer under metrics.PEERS,
+  (K,), and of the ensemble under metrics.ENSEMBLE where peers.predictions has one.
 
-  batch: {'image': (B, H, W, 3), 'label': (B,), 'mask': (B,) bool}; attention_temperature:
-  the attention temperature of dynamic convolutions (ignored by static models).
+  variables: as in peers.apply; batch: {'image': (B, H, W, 3), 'label': (B,), 'mask': (B,)
+  bool}; attention_temperature: the attention temperature of dynamic convolutions (ignored
+  by static models).
   """
-  @jax.jit
-  def eval_step(variables, batch, attention_temperature):
-    logits, _ = model.apply(variables, batch['image'], train=False,
-                            attention_temperature=attention_temperature)
-    mask = batch['mask']
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])
-    correct = jnp.argmax(logits, -1) == batch['label']
-    return {'loss': jnp.sum(loss * mask), 'correct': jnp.sum(correct * mask),
-            'count': jnp.sum(mask)}
-  return eval_step
-
-
-def make_peer_eval_step(groups: tuple[peers.Group, ...]):
-  """Like make_eval_step, for DML peers (variables as in peers.apply): per-peer sums
-  'peer_<i>/loss' and 'peer_<i>/correct', those of the ensemble (the mean of the peers'
-  probabilities) as 'ensemble/...', and peer 0's again as 'loss' and 'correct'."""
   @jax.jit
   def eval_step(variables, batch, attention_temperature):
     logits, _, _ = peers.apply(groups, variables, batch['image'], train=False,
                                attention_temperature=attention_temperature)
     mask, labels = batch['mask'], batch['label']
-    log_probs = jax.nn.log_softmax(logits)  # (K, B, C)
-    predictions = {f'peer_{i}': peer_log_probs for i, peer_log_probs in enumerate(log_probs)}
-    predictions['ensemble'] = jax.nn.logsumexp(log_probs, axis=0) - jnp.log(len(log_probs))
-    sums = {'count': jnp.sum(mask)}
-    for name, scores in predictions.items():
-      nll = -jnp.take_along_axis(scores, labels[:, None], axis=-1)[:, 0]
-      sums[f'{name}/loss'] = jnp.sum(nll * mask)
-      sums[f'{name}/correct'] = jnp.sum((jnp.argmax(scores, -1) == labels) * mask)
-    sums['loss'], sums['correct'] = sums['peer_0/loss'], sums['peer_0/correct']
-    return sums
+
+    def sums(scores):  # (..., B, C) -> {'loss': (...), 'correct': (...)}
+      nll = optax.softmax_cross_entropy_with_integer_labels(
+          scores, jnp.broadcast_to(labels, scores.shape[:-1]))
+      correct = jnp.argmax(scores, -1) == labels
+      return {'loss': jnp.sum(nll * mask, axis=-1), 'correct': jnp.sum(correct * mask, axis=-1)}
+    outputs = {branch: sums(scores) for branch, scores in peers.predictions(logits).items()}
+    peer_sums = outputs[metrics.PEERS]
+    return {'count': jnp.sum(mask), 'loss': peer_sums['loss'][0],
+            'correct': peer_sums['correct'][0], **outputs}
   return eval_step
 
 
@@ -94,8 +80,8 @@ def evaluate(eval_step, variables: dict[str, Any], batches: Iterable[dict[str, A
              mesh: Mesh, attention_temperature: float = 1.0,
              diverged_steps: Any = None) -> dict[str, float]:
   """Means over `batches` (global arrays split over `mesh`) of eval_step's per-run sums (R,),
-  and the example count: 'correct' sums become accuracies ('peer_0/correct' ->
-  'peer_0/accuracy'), summarised over runs by `runs.summarize` (with the runs'
+  and the example count: 'correct' sums become accuracies ('peer_0/accuracy'), named by
+  metrics.flatten and summarised over runs by `runs.summarize` (with the runs'
   `diverged_steps`, if given)."""
   variables = jax.device_put(variables, NamedSharding(mesh, P()))
   totals = None
@@ -104,7 +90,7 @@ def evaluate(eval_step, variables: dict[str, Any], batches: Iterable[dict[str, A
     totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
   if totals is None:
     raise ValueError('The evaluation split is empty.')
-  totals = jax.device_get(totals)
+  totals = metrics.flatten(jax.device_get(totals))
   count = int(totals.pop('count')[0])
   means = {name.replace('correct', 'accuracy'): np.asarray(total) / count
            for name, total in totals.items()}
@@ -117,12 +103,9 @@ def split_filename(split: str, prefix: str = 'eval') -> str:
 
 
 def make_main_branch_eval_step(config: ml_collections.ConfigDict):
-  """The eval step of `config`'s deployable model(s), the plain model or every DML peer's,
-  of every run (variables (R, ...), sums (R,)), on uint8 images normalised as `config` says."""
-  if peers.is_dml(config):
-    eval_step = make_peer_eval_step(peers.create_groups(config, main_branch_only=True))
-  else:
-    eval_step = make_eval_step(model_lib.create_model(config, main_branch_only=True))
+  """The eval step of `config`'s deployable models, every peer's, of every run (variables
+  (R, ...), sums (R,)), on uint8 images normalised as `config` says."""
+  eval_step = make_eval_step(peers.create_groups(config, main_branch_only=True))
   every_run = jax.vmap(eval_step, in_axes=(0, None, None))
 
   @jax.jit
@@ -135,10 +118,8 @@ def make_main_branch_eval_step(config: ml_collections.ConfigDict):
 def deployable_params(config: ml_collections.ConfigDict, variables: dict[str, Any]) -> int:
   """Parameters of the model that ships: the main branch of run 0 (of its peer 0 in a DML
   run); `variables` carry the run axis."""
-  variables = runs.take(variables, 0)
-  if peers.is_dml(config):
-    variables = peers.peer_variables(config, peers.main_branch(variables), 0)
-  return model_lib.count_params(model_lib.main_branch(variables)['params'])
+  variables = peers.peer_variables(config, peers.main_branch(runs.take(variables, 0)), 0)
+  return model_lib.count_params(variables['params'])
 
 
 class Evaluator:
@@ -157,7 +138,6 @@ class Evaluator:
                                           config.eval_batch_size // jax.process_count())
     self._batches = EvalBatches(data, self._mesh, config.on_device)
     self._step = make_main_branch_eval_step(config)
-    self._main_branch = peers.main_branch if peers.is_dml(config) else model_lib.main_branch
 
   def run(self, variables: dict[str, Any], attention_temperature: float = 1.0,
           diverged_steps: Any = None) -> dict[str, float]:
@@ -165,7 +145,7 @@ class Evaluator:
     Siamese heads are left out) on the split."""
     with progress.Progress(f'eval {self.split}', len(self._batches), unit='batch',
                            leave=False) as bar:
-      return evaluate(self._step, self._main_branch(variables), bar.track(self._batches),
+      return evaluate(self._step, peers.main_branch(variables), bar.track(self._batches),
                       self._mesh, attention_temperature, diverged_steps)
 
 
@@ -188,7 +168,8 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, split: str
   Builds the plain model (no Siamese heads), restores only its parameters and writes
   <workdir>/eval_<split>.json (best: best_<split>.json) with accuracy, loss,
   num_examples, num_params and step. A DML run adds peer_<i>/accuracy, peer_<i>/loss and
-  ensemble/accuracy, ensemble/loss; accuracy and loss are peer 0's, num_params one peer's.
+  ensemble/accuracy, ensemble/loss; accuracy and loss are peer 0's, num_params one peer's
+  (metrics.flatten names them).
   Several runs report every metric's mean over runs under its name, its sample std as
   <metric>_std and each run's as run_<r>/<metric>; runs that diverged (train_step) are left
   out of the means, and run_<r>/diverged_step gives the step (0: none). `split` defaults to
@@ -196,7 +177,8 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, split: str
   """
   config_checks.check_config(config, jax.device_count())
   split = split or config.eval_split
-  meta, variables = checkpoint.restore_main_branch(workdir, config, which)
+  meta, variables = checkpoint.restore_main_branch(
+      workdir, config, peers.deployable_abstract(config), which)
   return _evaluate_and_write(config, split, variables, meta['attention_temperature'],
                              meta['step'], os.path.join(workdir, split_filename(
                                  split, 'best' if which == checkpoint.BEST else 'eval')),
@@ -215,6 +197,7 @@ def evaluate_export(config: ml_collections.ConfigDict, export_dir: str,
   data_config = peers.peer_config(config, 0)  # The data, prepared as the model expects.
   data_config.update_from_flattened_dict(
       {field: config_checks.get_field(exported.config, field) for field in export_lib.MODEL_FIELDS})
-  one_run = jax.tree_util.tree_map(lambda x: x[None], exported.variables)
+  one_run = jax.tree_util.tree_map(
+      lambda x: x[None], {c: peers.one_peer(tree) for c, tree in exported.variables.items()})
   return _evaluate_and_write(data_config, split, one_run, exported.attention_temperature,
                              exported.step, os.path.join(export_dir, split_filename(split)))

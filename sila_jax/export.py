@@ -54,10 +54,9 @@ def export(config: ml_collections.ConfigDict, workdir: str, export_dir: str,
   if not 0 <= run < config.num_runs:
     raise ConfigError(f'run={run}, but the config has num_runs={config.num_runs}: runs '
                       f'0..{config.num_runs - 1}.')
-  meta, variables = checkpoint.restore_main_branch(workdir, config, which)
-  variables = runs.take(variables, run)
-  if num_peers > 1:
-    variables = peers.peer_variables(config, variables, peer)
+  meta, variables = checkpoint.restore_main_branch(
+      workdir, config, peers.deployable_abstract(config), which)
+  variables = peers.peer_variables(config, runs.take(variables, run), peer)
   peer_config = peers.peer_config(runs.run_config(config, run), peer)
   payload = flax.serialization.msgpack_serialize(variables)
   description = {

@@ -1,22 +1,90 @@
 """Where a run's figures go: one writer for metrics.jsonl, TensorBoard events and the log line.
 
 A record is {'type': 'train' | 'validation', 'step': int, <metric>: float, ...}. Metric names
-are the loop's ('loss', 'accuracy', 'peer_1/accuracy', 'run_2/loss', ...); TensorBoard tags
-are '<type>/<metric>'. Only process 0 writes; the others' writers do nothing.
+are built by `name` and read back by `parse` alone: 'loss', 'peer_1/accuracy', 'ensemble/loss',
+'run_2/loss', 'run_2/peer_0/loss', ...; TensorBoard tags are '<type>/<name>'. Only process 0
+writes; the others' writers do nothing.
+
+A step's metrics keep their axes until `flatten` names them: per-peer values sit under PEERS
+with the peer axis last, the ensemble's under ENSEMBLE, the runs' axis first
+(runs.summarize names it).
 """
 import contextlib
+import dataclasses
 import json
 import os
+import re
 from typing import Any, Callable
 
 import jax
 import tensorboardX
 
-from sila_jax import runs
-
 FILE = 'metrics.jsonl'
 TRAIN, VALIDATION = 'train', 'validation'
 TYPES = (TRAIN, VALIDATION)
+RUN_PREFIX, PEER_PREFIX, ENSEMBLE = 'run_', 'peer_', 'ensemble'
+PEERS = 'peers'  # The key of a step's per-peer metrics, {metric: (..., K)}.
+_NAME = re.compile(rf'(?:{RUN_PREFIX}(?P<run>\d+)/)?'
+                   rf'(?:(?P<ensemble>{ENSEMBLE})/|{PEER_PREFIX}(?P<peer>\d+)/)?(?P<metric>.+)')
+
+
+@dataclasses.dataclass(frozen=True)
+class Name:
+  """A metric's name taken apart: 'run_2/peer_1/accuracy' -> Name('accuracy', run=2, peer=1).
+
+  run: the run's own value (None: the mean over runs, or the only run); peer: that peer's
+  (None: the run's own metric); ensemble: the peers' ensemble's.
+  """
+  metric: str
+  run: int | None = None
+  peer: int | None = None
+  ensemble: bool = False
+
+  def __post_init__(self):
+    if self.ensemble and self.peer is not None:
+      raise ValueError(f'{self.metric}: the ensemble is no one peer (peer={self.peer}).')
+
+  @property
+  def prefix(self) -> str:
+    """Whose value it is: 'run_2/peer_1' of 'run_2/peer_1/accuracy'; '' for the run's own."""
+    parts = [] if self.run is None else [f'{RUN_PREFIX}{self.run}']
+    if self.ensemble:
+      parts.append(ENSEMBLE)
+    elif self.peer is not None:
+      parts.append(f'{PEER_PREFIX}{self.peer}')
+    return '/'.join(parts)
+
+  def __str__(self) -> str:
+    return f'{self.prefix}/{self.metric}' if self.prefix else self.metric
+
+
+def name(metric: str, *, run: int | None = None, peer: int | None = None,
+         ensemble: bool = False) -> str:
+  """The written name of `metric` of run `run`, peer `peer` or the ensemble:
+  name('loss', run=2, peer=1) == 'run_2/peer_1/loss'."""
+  return str(Name(metric, run, peer, ensemble))
+
+
+def parse(written: str) -> Name:
+  """`name`'s inverse: parse('run_2/ensemble/loss') == Name('loss', 2, None, True)."""
+  match = _NAME.fullmatch(written)
+  if match is None:  # Empty, or a line break in it.
+    raise ValueError(f'Not a metric name: {written!r}.')
+  run, peer = match['run'], match['peer']
+  return Name(match['metric'], None if run is None else int(run),
+              None if peer is None else int(peer), match['ensemble'] is not None)
+
+
+def flatten(tree: dict[str, Any]) -> dict[str, Any]:
+  """A step's metrics with their peer axis -> flat names: tree[PEERS][m] (..., K) becomes
+  'peer_<i>/m' (..., ) for each peer when K > 1 (one peer's are the run's own), tree[ENSEMBLE][m]
+  'ensemble/m'; every other entry stays as it is."""
+  flat = {k: v for k, v in tree.items() if k not in (PEERS, ENSEMBLE)}
+  for metric, value in tree.get(PEERS, {}).items():
+    if value.shape[-1] > 1:
+      flat.update({name(metric, peer=i): value[..., i] for i in range(value.shape[-1])})
+  flat.update({name(metric, ensemble=True): v for metric, v in tree.get(ENSEMBLE, {}).items()})
+  return flat
 
 
 def write_atomically(path: str, text: str) -> None:
@@ -65,8 +133,8 @@ def last(workdir: str, kind: str) -> dict[str, Any]:
 def log_line(kind: str, metrics: dict[str, Any]) -> str:
   """'validation  accuracy 0.9312  loss 0.2543 ...': the summary a person reads; each run's
   own figures ('run_<r>/...') stay in metrics.jsonl."""
-  return '  '.join([kind] + [f'{name} {value:.4g}' for name, value in metrics.items()
-                             if not name.startswith(runs.RUN_PREFIX)])
+  return '  '.join([kind] + [f'{written} {value:.4g}' for written, value in metrics.items()
+                             if parse(written).run is None])
 
 
 class Writer:

@@ -1,20 +1,25 @@
-"""Deep Mutual Learning peers (../shared/SILA.md, "SiLa + DML"): K classifiers side by side.
+"""The peer axis: the K classifiers of a run side by side, K = 1 for a single model.
 
+Deep Mutual Learning (SILA.md, "SiLa + DML") trains K > 1 peers; a single model is the case
+K = 1 of the same code, as one run is the case R = 1 of the run axis (sila_jax/runs.py).
 Consecutive peers of the same model form a group. A group's variables (and, in the train
 state, its optimizer state) are stacked along a leading peer axis and applied under
 `jax.vmap`, so K homogeneous peers are one batched computation; heterogeneous peers
 (`dml.models`) form one group per run of equal models. Peer trees are tuples over groups:
-variables {'params': (group_0 (n_0, ...), ...), 'batch_stats': (...)}.
-With dml.num_peers = 1 nothing here is used: a run is exactly a single model's.
+variables {'params': (group_0 (n_0, ...), ...), 'batch_stats': (...)}; a single model's are
+({'backbone', 'head', ...} (1, ...),).
 """
 import itertools
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from sila_jax import losses
+from sila_jax import metrics
 from sila_jax import model as model_lib
+from sila_jax import runs
 
 Group = tuple[model_lib.SilaClassifier, int]  # A model and how many peers run it.
 
@@ -24,9 +29,17 @@ def peer_models(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return tuple(config.dml.models) or (config.model,) * config.dml.num_peers
 
 
-def is_dml(config: ml_collections.ConfigDict) -> bool:
-  """Whether `config` trains several peers together."""
-  return len(peer_models(config)) > 1
+def num_views(config: ml_collections.ConfigDict) -> int:
+  """Augmented views of each batch: one per peer with dml.independent_augment and K > 1 (then
+  the step's images are (B, K, H, W, 3)), else 1, shared by every peer."""
+  num_peers = len(peer_models(config))
+  return num_peers if config.dml.independent_augment and num_peers > 1 else 1
+
+
+def peer_keys(rng: jax.Array, num_peers: int) -> jax.Array:
+  """`rng` split into one key per peer, (K, 2); one peer keeps `rng` itself, so a single
+  model initialises and drops out as it does outside the peer axis."""
+  return rng[None] if num_peers == 1 else jax.random.split(rng, num_peers)
 
 
 def peer_config(config: ml_collections.ConfigDict, peer: int) -> ml_collections.ConfigDict:
@@ -54,15 +67,29 @@ def create_groups(config: ml_collections.ConfigDict, *, main_branch_only: bool =
   return tuple(groups)
 
 
+def over_peers(fn: Callable, num_peers: int, in_axes: tuple[int | None, ...]) -> Callable:
+  """jax.vmap(fn, in_axes) over `num_peers` peers, outputs stacked on axis 0. One peer is fn
+  applied to its slice without vmap, so a single model computes exactly as it does alone
+  (vmap of one reorders XLA's reductions by an ulp)."""
+  if num_peers > 1:
+    return jax.vmap(fn, in_axes=in_axes)
+
+  def one_peer_fn(*args):
+    args = [arg if axis is None else jax.tree_util.tree_map(lambda x: jnp.take(x, 0, axis), arg)
+            for arg, axis in zip(args, in_axes)]
+    return jax.tree_util.tree_map(lambda x: x[None], fn(*args))
+  return one_peer_fn
+
+
 def init_variables(groups: tuple[Group, ...], rng: jax.Array,
                    image_shape: tuple[int, ...]) -> dict[str, tuple[Any, ...]]:
-  """Every peer initialised from its own key; leaves of group g are (n_g, ...)."""
-  keys = jax.random.split(rng, sum(size for _, size in groups))
+  """Every peer initialised from its own key (peer_keys); leaves of group g are (n_g, ...)."""
+  keys = peer_keys(rng, sum(size for _, size in groups))
   images = jnp.zeros((1, *image_shape))
   params, batch_stats, first = [], [], 0
   for model, size in groups:
-    variables = jax.vmap(lambda key, model=model: model.init(key, images, train=False))(
-        keys[first:first + size])
+    variables = over_peers(lambda key, model=model: model.init(key, images, train=False),
+                           size, (0,))(keys[first:first + size])
     params.append(variables['params'])
     batch_stats.append(variables['batch_stats'])
     first += size
@@ -75,6 +102,13 @@ def abstract_variables(groups: tuple[Group, ...], image_size: int) -> dict[str, 
                                                (image_size, image_size, 3)))
 
 
+def deployable_abstract(config: ml_collections.ConfigDict) -> dict[str, tuple[Any, ...]]:
+  """What evaluation and export read of a checkpoint: every run's peers' main branches, as
+  jax.ShapeDtypeStruct leaves (R, n_g, ...); computes nothing."""
+  return runs.stack_abstract(abstract_variables(create_groups(config, main_branch_only=True),
+                                                config.image_size), config.num_runs)
+
+
 def apply(groups: tuple[Group, ...], variables: dict[str, tuple[Any, ...]], images: jax.Array,
           *, train: bool, rng: jax.Array | None = None,
           attention_temperature: jax.Array | float = 1.0,
@@ -84,7 +118,7 @@ def apply(groups: tuple[Group, ...], variables: dict[str, tuple[Any, ...]], imag
 
   Args:
     images: (B, H, W, 3) seen by every peer, or (B, K, H, W, 3), view k for peer k.
-    rng: the dropout key, split over peers (training only).
+    rng: the dropout key, split over peers by peer_keys (training only).
     attention_temperature: the softmax temperature of dynamic convolutions' attention.
     backbone_grad_scale: SilaClassifier's, for every peer.
   Returns:
@@ -92,8 +126,8 @@ def apply(groups: tuple[Group, ...], variables: dict[str, tuple[Any, ...]], imag
     statistics when `train`, else None).
   """
   shared = images.ndim == 4
-  keys = jax.random.split(rng if rng is not None else jax.random.PRNGKey(0),
-                          sum(size for _, size in groups))
+  keys = peer_keys(rng if rng is not None else jax.random.PRNGKey(0),
+                   sum(size for _, size in groups))
   logits, siamese, batch_stats, first = [], [], [], 0
   for (model, size), params, stats in zip(groups, variables['params'],
                                           variables['batch_stats']):
@@ -104,8 +138,8 @@ def apply(groups: tuple[Group, ...], variables: dict[str, tuple[Any, ...]], imag
                             mutable=['batch_stats'] if train else False)
       return outputs if train else (outputs, None)
     views = images if shared else images[:, first:first + size]
-    (group_logits, group_siamese), updates = jax.vmap(
-        apply_one, in_axes=(0, 0, 0, None if shared else 1))(
+    (group_logits, group_siamese), updates = over_peers(
+        apply_one, size, (0, 0, 0, None if shared else 1))(
             params, stats, keys[first:first + size], views)
     logits.append(group_logits)
     siamese.append(group_siamese)
@@ -115,12 +149,37 @@ def apply(groups: tuple[Group, ...], variables: dict[str, tuple[Any, ...]], imag
   return jnp.concatenate(logits), siamese, tuple(batch_stats) if train else None
 
 
+def mimicry(logits: jax.Array, temperature: float) -> dict[str, jax.Array]:
+  """DML's mimicry term of each peer of logits (K, B, C), the batch's mean of
+  losses.mimicry_loss: {'loss_mimicry': (K,)}; {} for a single model, with no peer to mimic."""
+  if len(logits) == 1:
+    return {}
+  return {'loss_mimicry': jnp.mean(losses.mimicry_loss(logits, temperature), axis=1)}
+
+
+def predictions(logits: jax.Array) -> dict[str, jax.Array]:
+  """What evaluation scores of the peers' logits (K, B, C), as scores whose softmax is each
+  prediction: {metrics.PEERS: the logits} and, with K > 1, {metrics.ENSEMBLE: (B, C)}, the
+  log of the mean of the peers' probabilities."""
+  if len(logits) == 1:
+    return {metrics.PEERS: logits}
+  log_probs = jax.nn.log_softmax(logits)
+  return {metrics.PEERS: logits,
+          metrics.ENSEMBLE: jax.nn.logsumexp(log_probs, axis=0) - jnp.log(len(log_probs))}
+
+
 def main_branch(variables: dict[str, tuple[Any, ...]]) -> dict[str, tuple[Any, ...]]:
   """Every group's variables restricted to {backbone, head}: what the peers deploy."""
   per_group = [model_lib.main_branch({'params': p, 'batch_stats': s})
                for p, s in zip(variables['params'], variables['batch_stats'])]
   return {collection: tuple(v[collection] for v in per_group)
           for collection in ('params', 'batch_stats')}
+
+
+def one_peer(tree: Any) -> tuple[Any]:
+  """A single model's tree (its params or batch_stats) in the peer layout of K = 1: one
+  group, leaves (1, ...)."""
+  return (jax.tree_util.tree_map(lambda x: jnp.expand_dims(x, 0), tree),)
 
 
 def peer_variables(config: ml_collections.ConfigDict, variables: dict[str, tuple[Any, ...]],

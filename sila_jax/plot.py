@@ -11,29 +11,35 @@ parameters (dashed), on a log scale.
 """
 import argparse
 import os
-import re
 import sys
 from typing import Sequence
 
 from matplotlib.figure import Figure
 
 from sila_jax import metrics
-from sila_jax import runs
 from sila_jax.errors import DataError, UserError
 
 PANELS = ('loss', 'accuracy', 'norm')
 TITLES = {'loss': "cross-entropy of the main head", 'accuracy': 'accuracy',
           'norm': 'global L2 norm (training)'}
 SOLID = (metrics.TRAIN, 'grad_norm')  # The kinds of line drawn solid; the others dashed.
-# The names of one run's (and one peer's) curve: 'loss_main' (training) or 'loss'
-# (validation), 'peer_1/accuracy', 'run_2/ensemble/loss', ...; not '<name>_std' or
-# 'learning_rate'.
-_CURVE = re.compile(rf'(?:(?P<run>{runs.RUN_PREFIX}\d+)/)?(?:(?P<peer>peer_\d+|ensemble)/)?'
-                    r'(?:(?P<loss>loss)|accuracy)(?P<main>_main)?')
-# One run's norm: 'grad_norm', 'run_1/param_norm' (over all its peers).
-_NORM = re.compile(rf'(?:(?P<run>{runs.RUN_PREFIX}\d+)/)?(?P<norm>grad_norm|param_norm)')
+# The metrics of one run's (and one peer's) curves by record type: {type: {metric: panel}}.
+# The loss is the main head's; not '<name>_std' or 'learning_rate'.
+_CURVES = {metrics.TRAIN: {'loss_main': 'loss', 'accuracy': 'accuracy'},
+           metrics.VALIDATION: {'loss': 'loss', 'accuracy': 'accuracy'}}
+_NORMS = ('grad_norm', 'param_norm')  # Of one run, over all its peers.
 
 Curves = dict[str, dict[str, tuple[list[int], list[float]]]]
+
+
+def _of_peers(name: metrics.Name) -> bool:
+  """Whether `name` is one peer's or the ensemble's, not the whole model's."""
+  return name.peer is not None or name.ensemble
+
+
+def _series(workdir: str | None, name: metrics.Name) -> str:
+  """A line's series: the workdir (if several are drawn), then whose value `name` is."""
+  return '/'.join(filter(None, (workdir, name.prefix)))
 
 
 def curves(workdirs: Sequence[str]) -> Curves:
@@ -58,41 +64,43 @@ def curves(workdirs: Sequence[str]) -> Curves:
     if not os.path.exists(path):
       raise DataError(f'{workdir} has no {metrics.FILE}: not the workdir of a training run.')
     records = metrics.read(workdir)
-    found = [(r, m) for r in records for m in map(_CURVE.fullmatch, r)
-             if m and bool(m['main']) == (bool(m['loss']) and r['type'] == metrics.TRAIN)]
+    named = [(r, written, metrics.parse(written)) for r in records for written in r]
+    found = [(r, w, n) for r, w, n in named if n.metric in _CURVES.get(r['type'], ())]
     if not found:
       raise DataError(f'{path} has no loss or accuracy records.')
     # Only the most detailed series: each run's, not their mean; each peer's, not peer 0's.
-    has_runs = any(m['run'] for _, m in found)
-    has_peers = any(m['peer'] for _, m in found)
-    for record, m in found:
-      if bool(m['run']) != has_runs or bool(m['peer']) != has_peers:
+    has_runs = any(n.run is not None for _, _, n in found)
+    has_peers = any(_of_peers(n) for _, _, n in found)
+    for record, written, n in found:
+      if (n.run is not None) != has_runs or _of_peers(n) != has_peers:
         continue
-      series = '/'.join(filter(None, (prefix, m['run'], m['peer'])))
-      label = f"{series} {record['type']}".strip()
-      steps, values = data['loss' if m['loss'] else 'accuracy'].setdefault(label, ([], []))
+      label = f"{_series(prefix, n)} {record['type']}".strip()
+      panel = _CURVES[record['type']][n.metric]
+      steps, values = data[panel].setdefault(label, ([], []))
       steps.append(record['step'])
-      values.append(record[m.string])
-    norms = [(r, m) for r in records if r['type'] == metrics.TRAIN
-             for m in map(_NORM.fullmatch, r) if m]
-    has_runs = any(m['run'] for _, m in norms)
-    for record, m in norms:
-      if bool(m['run']) == has_runs:
-        label = f"{'/'.join(filter(None, (prefix, m['run'])))} {m['norm']}".strip()
+      values.append(record[written])
+    norms = [(r, w, n) for r, w, n in named
+             if r['type'] == metrics.TRAIN and n.metric in _NORMS and not _of_peers(n)]
+    has_runs = any(n.run is not None for _, _, n in norms)
+    for record, written, n in norms:
+      if (n.run is not None) == has_runs:
+        label = f'{_series(prefix, n)} {n.metric}'.strip()
         steps, values = data.setdefault('norm', {}).setdefault(label, ([], []))
         steps.append(record['step'])
-        values.append(record[m.string])
+        values.append(record[written])
   return data
 
 
-def draw(data: Curves, out: str) -> Figure:
+def draw(data: Curves, out: str, title: str | None = None) -> Figure:
   """Writes `data` (as `curves` returns it) to the PNG `out`: its PANELS side by side, step
-  on x; each series has one colour, train (and gradient norm) solid, validation (and
-  parameter norm) dashed. Returns the figure."""
+  on x, under `title` if given; each series has one colour, train (and gradient norm) solid,
+  validation (and parameter norm) dashed. Returns the figure."""
   series = list(dict.fromkeys(label.rpartition(' ')[0] for lines in data.values()
                               for label in lines))
   panels = [panel for panel in PANELS if panel in data]
   fig = Figure(figsize=(6 * len(panels), 4.5), layout='constrained')
+  if title:
+    fig.suptitle(title, fontsize='medium')
   for ax, panel in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
     for label, (steps, values) in data[panel].items():
       name, _, kind = label.rpartition(' ')

@@ -14,6 +14,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from sila_jax import metrics
+
 # config.runs.<name> -> the config field it sets per run. These are the settings a run
 # reads as numbers inside the step, so runs that differ only in them share one computation.
 FIELDS = {'seed': 'seed', 'sila_weight': 'sila.weight', 'sila_kl_weight': 'sila.kl_weight',
@@ -21,7 +23,6 @@ FIELDS = {'seed': 'seed', 'sila_weight': 'sila.weight', 'sila_kl_weight': 'sila.
           'loss_scale': 'loss_scale', 'learning_rate': 'optimizer.learning_rate',
           'weight_decay': 'optimizer.weight_decay',
           'rescale_backbone_grad': 'sila.rescale_backbone_grad'}
-RUN_PREFIX = 'run_'  # Of every run's own metrics in a summary of several runs.
 # The most models (num_runs x dml.num_peers) one computation holds: the step applies each
 # one's convolutions on their own (kernels.peer_conv), so start-up grows with their number.
 MAX_MODELS = 256
@@ -99,11 +100,6 @@ def take(tree: Any, run: int) -> Any:
   return jax.tree_util.tree_map(lambda x: x[run], tree)
 
 
-def run_metric(name: str, run: int) -> str:
-  """The name of run `run`'s own value of metric `name` in a summary: 'run_<r>/<name>'."""
-  return f'{RUN_PREFIX}{run}/{name}'
-
-
 def summarize(per_run: dict[str, Any], diverged_steps: Any = None) -> dict[str, float]:
   """{name: (R,) values} -> the means over runs under each name; with R > 1 also each run's
   value as 'run_<r>/<name>' and the sample standard deviation over runs as '<name>_std'.
@@ -124,10 +120,10 @@ def summarize(per_run: dict[str, Any], diverged_steps: Any = None) -> dict[str, 
       summary[f'{name}_std'] = (float(np.std(value[live], ddof=1)) if live.sum() > 1
                                 else float('nan'))
     for r in range(num_runs):
-      summary.update({run_metric(name, r): float(value[r]) for name, value in per_run.items()})
+      summary.update({metrics.name(name, run=r): float(value[r]) for name, value in per_run.items()})
     if diverged_steps is not None:
       summary['diverged_runs'] = int(np.sum(~live))
-      summary.update({run_metric('diverged_step', r): int(steps[r]) for r in range(num_runs)})
+      summary.update({metrics.name('diverged_step', run=r): int(steps[r]) for r in range(num_runs)})
   return summary
 
 

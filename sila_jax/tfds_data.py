@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sila_jax.errors import DataError
+from sila_jax.errors import DataError, first_line
 
 DATASETS = ('cifar10', 'cifar100')
 # Data sources need random access, which TFDS's default tfrecord files do not give.
@@ -72,7 +72,7 @@ def open_split(dataset: str, data_dir: str, split: str) -> TfdsSource:
                     f'files, which only TensorFlow reads; delete that directory or choose '
                     f'another data_dir, and it is prepared again as {FILE_FORMAT}.') from e
   except ValueError as e:  # An unknown split, or a slice outside it.
-    raise DataError(f'Split {split!r} of {dataset}: {_first_line(e)}') from e
+    raise DataError(f'Split {split!r} of {dataset}: {first_line(e)}') from e
   features = builder.info.features
   return TfdsSource(num_examples=len(examples), num_classes=features['label'].num_classes,
                     image_shape=tuple(features['image'].shape), examples=examples)
@@ -88,11 +88,11 @@ def _prepare(builder, dataset: str) -> None:
                       'reading it afterwards does not), or train from an image folder with '
                       'dataset=folder.') from e
     if _raised_in_download(e):
-      raise DataError(f'Download of {dataset} failed ({_first_line(e)}); to train offline, '
+      raise DataError(f'Download of {dataset} failed ({first_line(e)}); to train offline, '
                       'use --config.dataset=folder with an ImageFolder tree (see '
                       'docs/faq.md).') from e
     raise DataError(f'Could not prepare {dataset} in {builder.data_dir}: '
-                    f'{_first_line(e)}') from e
+                    f'{first_line(e)}') from e
 
 
 def _missing_tensorflow(error: BaseException | None) -> bool:
@@ -114,8 +114,3 @@ def _raised_in_download(error: BaseException) -> bool:
       return True
     tb = tb.tb_next
   return False
-
-
-def _first_line(error: BaseException) -> str:
-  lines = str(error).strip().splitlines()
-  return lines[0] if lines else type(error).__name__

@@ -73,7 +73,7 @@ class Plan:
 @dataclasses.dataclass(frozen=True)
 class Model:
   """What trains: the per-run update step and its initial state."""
-  step_fn: Callable  # (state, batch, run) -> (state, metrics): train_step.make_*train_step.
+  step_fn: Callable  # (state, batch, run) -> (state, metrics): train_step.make_train_step.
   initial_state: Callable[[], Any]  # () -> state with every leaf but `step` stacked (R, ...).
   attention_temperature: Callable[[int], float]  # step -> DynamicConv's attention temperature.
 
@@ -107,7 +107,7 @@ def plan_run(config: ml_collections.ConfigDict) -> Plan:
 
 
 def build_model(config: ml_collections.ConfigDict, plan: Plan) -> Model:
-  """The model of `config` (or its DML peers), its optimizer and per-run update step."""
+  """The peers of `config` (one: a single model), their optimizer and per-run update step."""
   schedule = optimizer_lib.learning_rate_schedule(config, plan.num_train_steps,
                                                   plan.steps_per_epoch)
   # The optimizer state's structure; each run's step builds the run's own (train_step).
@@ -115,15 +115,9 @@ def build_model(config: ml_collections.ConfigDict, plan: Plan) -> Model:
   attention_schedule = (
       optimizer_lib.attention_temperature_schedule(config, plan.steps_per_epoch)
       if any(map(model_lib.is_dynamic, peers.peer_models(config))) else None)
-  if peers.is_dml(config):
-    groups = peers.create_groups(config, bn_axis_name=train_step_lib.AXIS)
-    step_fn = train_step_lib.make_peer_train_step(groups, schedule, config,
-                                                  attention_schedule)
-    create_state = functools.partial(train_step_lib.create_peer_train_state, groups, tx)
-  else:
-    model = model_lib.create_model(config, bn_axis_name=train_step_lib.AXIS)
-    step_fn = train_step_lib.make_train_step(model, schedule, config, attention_schedule)
-    create_state = functools.partial(train_step_lib.create_train_state, model, tx)
+  groups = peers.create_groups(config, bn_axis_name=train_step_lib.AXIS)
+  step_fn = train_step_lib.make_train_step(groups, schedule, config, attention_schedule)
+  create_state = functools.partial(train_step_lib.create_train_state, groups, tx)
   image_shape = (config.image_size, config.image_size, 3)
   return Model(
       step_fn=step_fn,
@@ -294,8 +288,7 @@ def place_step(config: ml_collections.ConfigDict, plan: Plan, model: Model,
   one the host gathered. DML peers share each augmented batch unless
   dml.independent_augment gives each a view.
   """
-  num_views = (config.dml.num_peers if peers.is_dml(config) and config.dml.independent_augment
-               else 1)
+  num_views = peers.num_views(config)
   if config.on_device:
     input_step = input_pipeline.device_input_step(model.step_fn, config, train_step_lib.AXIS,
                                                   plan.shard_size, plan.device_batch, num_views)
@@ -479,7 +472,7 @@ def train_loop(config: ml_collections.ConfigDict, plan: Plan, model: Model,
 
     if is_time(step, config.log_every_steps, last) or stopping:
       diverged_steps = _check_finite(pending, diverged_steps)
-      fetched = jax.device_get([m for _, m in pending])
+      fetched = [metrics_lib.flatten(m) for m in jax.device_get([m for _, m in pending])]
       train_metrics = runs.summarize({k: np.mean([m[k] for m in fetched], axis=0)
                                       for k in fetched[0] if k != 'diverged_step'},
                                      diverged_steps)

@@ -1,6 +1,6 @@
 """The per-device train step of one run, run under a `data` axis by both wrappers (and
-under runs.vmap_step's vmap over runs): one model's (`train_step`), or K DML peers'
-(`peer_train_step`).
+under runs.vmap_step's vmap over runs): that of the run's K peers (sila_jax/peers.py), a
+single model being K = 1.
 
 `run` holds the run's numeric settings (runs.FIELDS: 'seed', 'sila_weight', 'learning_rate',
 'rescale_backbone_grad', ...), scalars that may be traced.
@@ -19,9 +19,9 @@ import optax
 
 from sila_jax import collectives
 from sila_jax import losses
+from sila_jax import metrics as metrics_lib
 from sila_jax import optimizer as optimizer_lib
 from sila_jax import peers
-from sila_jax.model import SilaClassifier
 
 AXIS = 'data'
 
@@ -37,26 +37,17 @@ class TrainState:
   diverged_step: jax.Array  # int32: the step at which the run diverged; 0 while it has not.
 
 
-def create_train_state(model: SilaClassifier, tx: optax.GradientTransformation,
+def create_train_state(groups: tuple[peers.Group, ...], tx: optax.GradientTransformation,
                        rng: jax.Array, image_shape: tuple[int, ...]) -> TrainState:
-  """Initial state for images of shape (H, W, 3)."""
-  init_rng, rng = jax.random.split(rng)
-  variables = model.init(init_rng, jnp.zeros((1, *image_shape)), train=False)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
-                    batch_stats=variables['batch_stats'],
-                    opt_state=tx.init(variables['params']), rng=rng,
-                    diverged_step=jnp.zeros((), jnp.int32))
-
-
-def create_peer_train_state(groups: tuple[peers.Group, ...], tx: optax.GradientTransformation,
-                            rng: jax.Array, image_shape: tuple[int, ...]) -> TrainState:
-  """Initial state of DML peers: params, batch_stats and opt_state are tuples over groups
-  whose leaves have a leading peer axis; every peer has its own optimizer state."""
+  """Initial state for images of shape (H, W, 3): params, batch_stats and opt_state are
+  tuples over peer groups whose leaves have a leading peer axis; every peer has its own
+  optimizer state."""
   init_rng, rng = jax.random.split(rng)
   variables = peers.init_variables(groups, init_rng, image_shape)
   return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
                     batch_stats=variables['batch_stats'],
-                    opt_state=tuple(jax.vmap(tx.init)(p) for p in variables['params']),
+                    opt_state=tuple(peers.over_peers(tx.init, size, (0,))(p)
+                                    for (_, size), p in zip(groups, variables['params'])),
                     rng=rng, diverged_step=jnp.zeros((), jnp.int32))
 
 
@@ -93,71 +84,36 @@ def _finish(state: TrainState, grads: Any, params: Any, batch_stats: Any, opt_st
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], run: dict[str, jax.Array], *,
-               model: SilaClassifier, optimizer: Callable, learning_rate: Callable,
-               loss_fn: Callable, backbone_grad_scale: Callable,
+               groups: tuple[peers.Group, ...], optimizer: Callable, learning_rate: Callable,
+               loss_fn: Callable, backbone_grad_scale: Callable, mimicry_temperature: float,
                attention_temperature_schedule: optax.Schedule | None = None
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One SGD step on this device's share of the batch, inside a `data` axis.
+               ) -> tuple[TrainState, dict[str, Any]]:
+  """One SGD step of a run's K peers (K = 1: a single model) on this device's share of the
+  batch, inside a `data` axis.
+
+  Peer i minimises its own loss_fn loss plus run['dml_weight'] times its terms from
+  peers.mimicry (none for one peer). The stop-gradient in those terms makes the sum of the
+  peers' objectives have, for each peer, the gradient of its own objective, so one gradient
+  of the sum updates every peer. Each peer's optimizer state updates under peers.over_peers.
 
   Args:
-    batch: {'image': (b, H, W, 3) float32, 'label': (b,) int32}, b = per-device batch.
-    model: built with `bn_axis_name=AXIS` so BatchNorm statistics span all devices.
+    state: from create_train_state.
+    batch: {'image': (b, H, W, 3) for every peer or (b, K, H, W, 3) one view per peer,
+      'label': (b,) int32}, b = per-device batch.
+    groups: peers.create_groups' with `bn_axis_name=AXIS`, so BatchNorm statistics span all
+      devices.
     optimizer: run -> the run's optax optimizer; learning_rate: (step, run) -> its rate.
-    loss_fn: (logits (b, C), siamese logits (K, b, C) | None, labels (b,), run) ->
-      (loss, metrics); the gradient is that of run['loss_scale'] * loss.
+    loss_fn: (logits (b, C), siamese logits (S, b, C) | None, labels (b,), run) ->
+      (loss, metrics); the gradient is that of run['loss_scale'] times the objectives' sum.
     backbone_grad_scale: run -> the model's backbone_grad_scale.
+    mimicry_temperature: the softmax temperature of the mimicry terms.
     attention_temperature_schedule: step -> attention temperature, for dynamic-convolution
       models; it is computed here from the step, so a resumed run continues the annealing
       exactly.
   Returns:
-    The new state (identical on every device) and metrics averaged over devices.
-  """
-  dropout_rng = _dropout_rng(state)
-  extra = {}
-  if attention_temperature_schedule is not None:
-    extra['attention_temperature'] = attention_temperature_schedule(state.step)
-
-  def loss_and_aux(params):
-    (logits, siamese_logits), updates = model.apply(
-        {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
-        mutable=['batch_stats'], rngs={'dropout': dropout_rng},
-        backbone_grad_scale=backbone_grad_scale(run), **extra)
-    loss, metrics = loss_fn(logits, siamese_logits, batch['label'], run)
-    metrics['accuracy'] = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
-    return run['loss_scale'] * loss, (metrics, updates['batch_stats'])
-
-  grads, (metrics, batch_stats) = jax.grad(loss_and_aux, has_aux=True)(state.params)
-  grads, metrics = collectives.device_mean((grads, metrics), AXIS)
-  metrics['learning_rate'] = learning_rate(state.step, run)
-  if attention_temperature_schedule is not None:
-    metrics['attention_temperature'] = extra['attention_temperature']
-  updates, opt_state = optimizer(run).update(grads, state.opt_state, state.params)
-  return _finish(state, grads, optax.apply_updates(state.params, updates), batch_stats,
-                 opt_state, metrics)
-
-
-def peer_train_step(state: TrainState, batch: dict[str, jax.Array], run: dict[str, jax.Array],
-                    *, groups: tuple[peers.Group, ...], optimizer: Callable,
-                    learning_rate: Callable, loss_fn: Callable, backbone_grad_scale: Callable,
-                    mimicry_temperature: float,
-                    attention_temperature_schedule: optax.Schedule | None = None
-                    ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One SGD step of K DML peers on this device's share of the batch, inside a `data` axis.
-
-  Peer i minimises its own loss_fn loss plus run['dml_weight'] times its mimicry term
-  (losses.mimicry_loss). The stop-gradient in that term makes the sum of the peers'
-  objectives have, for each peer, the gradient of its own objective, so one gradient of
-  the sum updates every peer. Each peer's optimizer state updates under vmap. The other
-  arguments are train_step's.
-
-  Args:
-    state: from create_peer_train_state.
-    batch: {'image': (b, H, W, 3) for every peer or (b, K, H, W, 3) one view per peer,
-      'label': (b,) int32}.
-  Returns:
-    The new state and metrics averaged over devices: `loss` and the loss_fn parts averaged
-    over peers, `loss_mimicry`, `peer_<i>/loss` (peer i's objective), `peer_<i>/loss_main`
-    and `peer_<i>/accuracy`, and `accuracy` (peer 0's).
+    The new state (identical on every device) and metrics averaged over devices: `loss`
+    (the objective) and the loss_fn parts averaged over peers, the mimicry terms, `accuracy`
+    (peer 0's), and under metrics.PEERS each peer's `loss`, `loss_main` and `accuracy`, (K,).
   """
   attention_temperature = (1.0 if attention_temperature_schedule is None
                            else attention_temperature_schedule(state.step))
@@ -167,18 +123,14 @@ def peer_train_step(state: TrainState, batch: dict[str, jax.Array], run: dict[st
         groups, {'params': params, 'batch_stats': state.batch_stats}, batch['image'],
         train=True, rng=_dropout_rng(state), attention_temperature=attention_temperature,
         backbone_grad_scale=backbone_grad_scale(run))
-    peer_losses, peer_metrics = jax.vmap(loss_fn, in_axes=(0, 0, None, None))(
+    peer_losses, peer_metrics = peers.over_peers(loss_fn, len(logits), (0, 0, None, None))(
         logits, siamese_logits, batch['label'], run)
-    mimicry = jnp.mean(losses.mimicry_loss(logits, mimicry_temperature), axis=1)
-    objectives = peer_losses + run['dml_weight'] * mimicry
+    terms = peers.mimicry(logits, mimicry_temperature)
+    objectives = sum((run['dml_weight'] * term for term in terms.values()), start=peer_losses)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'], axis=1)
-    metrics = {name: jnp.mean(value) for name, value in peer_metrics.items()}
-    metrics.update(loss=jnp.mean(objectives), loss_mimicry=jnp.mean(mimicry),
-                   accuracy=accuracy[0])
-    for i in range(logits.shape[0]):
-      metrics[f'peer_{i}/loss'] = objectives[i]
-      metrics[f'peer_{i}/loss_main'] = peer_metrics['loss_main'][i]
-      metrics[f'peer_{i}/accuracy'] = accuracy[i]
+    metrics = {name: jnp.mean(value) for name, value in {**peer_metrics, **terms}.items()}
+    metrics.update(loss=jnp.mean(objectives), accuracy=accuracy[0], **{metrics_lib.PEERS: {
+        'loss': objectives, 'loss_main': peer_metrics['loss_main'], 'accuracy': accuracy}})
     return run['loss_scale'] * jnp.sum(objectives), (metrics, batch_stats)
 
   grads, (metrics, batch_stats) = jax.grad(loss_and_aux, has_aux=True)(state.params)
@@ -188,8 +140,10 @@ def peer_train_step(state: TrainState, batch: dict[str, jax.Array], run: dict[st
     metrics['attention_temperature'] = attention_temperature
   tx = optimizer(run)
   params, opt_state = [], []
-  for group_grads, group_opt_state, group_params in zip(grads, state.opt_state, state.params):
-    updates, new_opt_state = jax.vmap(tx.update)(group_grads, group_opt_state, group_params)
+  for (_, size), group_grads, group_opt_state, group_params in zip(
+      groups, grads, state.opt_state, state.params):
+    updates, new_opt_state = peers.over_peers(tx.update, size, (0, 0, 0))(
+        group_grads, group_opt_state, group_params)
     params.append(optax.apply_updates(group_params, updates))
     opt_state.append(new_opt_state)
   return _finish(state, grads, tuple(params), batch_stats, tuple(opt_state), metrics)
@@ -206,7 +160,7 @@ def _loss_fn(config) -> Callable:
 
 
 def _run_settings(config, schedule: optax.Schedule) -> dict[str, Callable]:
-  """What both steps read of a run beyond its losses: its optimizer, its learning rate by step
+  """What the step reads of a run beyond its losses: its optimizer, its learning rate by step
   and its backbone gradient scale, 1 / (1 + lambda * num_heads) with rescaling on, else 1."""
   return {
       'optimizer': lambda run: optimizer_lib.create_optimizer(
@@ -218,18 +172,10 @@ def _run_settings(config, schedule: optax.Schedule) -> dict[str, Callable]:
       'loss_fn': _loss_fn(config)}
 
 
-def make_train_step(model: SilaClassifier, schedule: optax.Schedule, config,
+def make_train_step(groups: tuple[peers.Group, ...], schedule: optax.Schedule, config,
                     attention_temperature_schedule: optax.Schedule | None = None) -> Callable:
-  """`train_step` bound to a model, the config's learning-rate schedule (each run scales it
-  to its own peak), the attention-temperature schedule and the loss settings of `config`."""
-  return functools.partial(train_step, model=model, **_run_settings(config, schedule),
-                           attention_temperature_schedule=attention_temperature_schedule)
-
-
-def make_peer_train_step(groups: tuple[peers.Group, ...], schedule: optax.Schedule, config,
-                         attention_temperature_schedule: optax.Schedule | None = None
-                         ) -> Callable:
-  """`peer_train_step` bound like make_train_step, to peer groups."""
-  return functools.partial(peer_train_step, groups=groups, **_run_settings(config, schedule),
+  """`train_step` bound to peer groups, the config's learning-rate schedule (each run scales
+  it to its own peak), the attention-temperature schedule and the loss settings of `config`."""
+  return functools.partial(train_step, groups=groups, **_run_settings(config, schedule),
                            mimicry_temperature=config.dml.temperature,
                            attention_temperature_schedule=attention_temperature_schedule)

@@ -17,6 +17,7 @@ from PIL import Image
 from sila_jax import metrics
 from sila_jax import model as model_lib
 from sila_jax import optimizer as optimizer_lib
+from sila_jax import peers
 from sila_jax import runs
 from sila_jax import train_step as train_step_lib
 from sila_jax.configs import default
@@ -111,7 +112,8 @@ def saved_steps(workdir):
 
 
 def saved_state(workdir, step):
-  """Every array of the checkpointed TrainState, flattened: {'params/backbone/...': array}."""
+  """Every array of the checkpointed TrainState, flattened: {'params/0/backbone/...': array}
+  (peer group 0)."""
   tree = ocp.PyTreeCheckpointer().restore(os.path.join(workdir, 'checkpoints', str(step), 'state'))
   return flax.traverse_util.flatten_dict(tree, sep='/')
 
@@ -155,14 +157,14 @@ def assert_same_scalars(workdir):
 # The per-device step, driven by hand as train_and_evaluate drives it.
 
 def setup(config):
-  """(model, tx, schedule, initial state of every run) for `config`, as train_and_evaluate
-  builds them."""
-  model = model_lib.create_model(config, bn_axis_name=train_step_lib.AXIS)
+  """(peer groups, tx, schedule, initial state of every run) for `config`, as
+  train_and_evaluate builds them."""
+  groups = peers.create_groups(config, bn_axis_name=train_step_lib.AXIS)
   schedule = optimizer_lib.learning_rate_schedule(config, 10, 5)
   tx = optimizer_lib.create_optimizer(config, schedule)
-  state = runs.init(lambda key: train_step_lib.create_train_state(model, tx, key, (32, 32, 3)),
+  state = runs.init(lambda key: train_step_lib.create_train_state(groups, tx, key, (32, 32, 3)),
                     config)
-  return model, tx, schedule, state
+  return groups, tx, schedule, state
 
 
 def one_run(step_fn, config):
@@ -189,3 +191,27 @@ def run(parallel, state, data):
     device_state, step_metrics = parallel.train_step(device_state, parallel.put_batch(batch))
     history.append(parallel.unreplicate(step_metrics))
   return jax.device_get(parallel.unreplicate(device_state)), jax.device_get(history)
+
+
+# Experiment results, made up.
+
+def record(arm, seed, accuracy, diverged_step=None):
+  """A finished run's result as running.train_group saves it, with made-up numbers."""
+  return {'arm': arm, 'seed': seed, 'step': 10, 'diverged_step': diverged_step,
+          'val_accuracy': accuracy, 'val_loss': 1.0, 'train_loss_main': 2.0,
+          'history': {'train_loss_main': [[5, 2.5], [10, 2.0]],
+                      'val_accuracy': [[10, accuracy]]}}
+
+
+def records_of(deltas_by_arm, base=(0.5, 0.6, 0.7, 0.4, 0.3)):
+  """Records of arm 'plain' at accuracies `base` and of each other arm at base + its deltas,
+  seed by seed."""
+  made = [record('plain', s, a) for s, a in enumerate(base)]
+  for arm, deltas in deltas_by_arm.items():
+    made += [record(arm, s, a + d) for s, (a, d) in enumerate(zip(base, deltas))]
+  return made
+
+
+def grid_of(arms, seeds):
+  """A grid of `arms` (no settings) over `seeds`, with plain as the baseline."""
+  return {'arms': dict.fromkeys(arms, {}), 'seeds': seeds, 'baselines': ('plain',)}

@@ -10,8 +10,9 @@ import time
 import pytest
 
 from sila_jax import campaign
-from sila_jax import experiments
 from sila_jax.configs import campaign as campaign_config
+from sila_jax.experiments import planning
+from sila_jax.experiments import running
 from tests.helpers import ROOT, xla_flags
 
 ENV = {**os.environ, 'XLA_FLAGS': xla_flags(),  # One CPU device, like one GPU.
@@ -52,8 +53,8 @@ def test_computations_take_the_fastest_measured_form_which_is_not_part_of_a_run(
   seconds, _, _ = chosen.step_seconds(config, 16)  # From the grouped row alone.
   assert seconds == pytest.approx(16 * 128 / 250_000)
   assert estimator([row('sila', 1, 36_000)]).peer_conv == 'sliced'  # 'auto' on a GPU.
-  planned = experiments.plan(campaign_config.get_campaign()[0]['grid'], {})[0]
-  moved = experiments.Run(planned.arm, planned.seed, planned.config.copy_and_resolve_references())
+  planned = planning.plan(campaign_config.get_campaign()[0]['grid'], {})[0]
+  moved = planning.Run(planned.arm, planned.seed, planned.config.copy_and_resolve_references())
   moved.config.update_from_flattened_dict({'data_dir': '/elsewhere',
                                            'kernels.peer_conv': 'grouped'})
   assert moved.digest == planned.digest
@@ -122,7 +123,7 @@ def test_computations_are_sized_to_fit_a_call_and_listed_with_minutes(tmp_path):
 
 def test_a_computation_that_does_not_fit_is_not_started(tmp_path, monkeypatch):
   started = []
-  monkeypatch.setattr(experiments, 'train_group',
+  monkeypatch.setattr(running, 'train_group',
                       lambda members, out, export_seeds=(): started.append(members) or False)
   throughput = write_rows(tmp_path / 'slow.jsonl', [row('sila', 1, 1.0, device_kind='cpu')])
   done = campaign.run_campaign('configs/campaign_quick.py', str(tmp_path / 'out'), 30.0,

@@ -8,6 +8,7 @@ import pytest
 
 from sila_jax import cli
 from sila_jax import config_checks
+from sila_jax import errors
 from sila_jax.errors import ConfigError
 from tests.helpers import ROOT
 
@@ -51,3 +52,18 @@ def test_a_config_that_cannot_load_is_one_line(tmp_path, config, message):
                         env={**os.environ, 'PYTHONPATH': ROOT})
   assert done.returncode == 1
   assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith(message)
+
+
+def test_overrides_are_read_once_for_every_command():
+  argv = ['sila-train', '--config=quick', '--config.sila.weight=2', '--config.seed', '3',
+          '--workdir=/tmp/run']
+  assert cli.overridden_fields(argv) == ['sila.weight', 'seed']
+  assert cli.unknown_override(argv) is None
+  assert cli.unknown_override([*argv, '--config.sila.wieght=2']) == (
+      "Unknown config field 'sila.wieght'; did you mean 'sila.weight'?")
+
+
+def test_a_libraries_error_is_reported_by_its_first_line():
+  assert errors.first_line(OSError('no such file\n  at line 3\n')) == 'no such file'
+  assert errors.first_line(KeyError()) == 'KeyError'
+  assert len(errors.first_line(ValueError('x' * 1000))) == 300

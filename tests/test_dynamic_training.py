@@ -32,14 +32,14 @@ def test_attention_temperature_anneals_linearly_to_one(dy_config):
 
 
 def annealed_step(config):
-  """(model, schedule, initial state, step of every run) of a DY-ResNet-20 with two Siamese
+  """(peer groups, schedule, initial state, step of every run) of a DY-ResNet-20 with two Siamese
   heads at stage 2, its attention temperature annealed over 2 steps. The tests below build
   the same program, which the session's compilation cache then compiles once."""
   config.sila.update(num_heads=2, attach='stage2')
-  model, _, schedule, state = setup(config)
+  groups, _, schedule, state = setup(config)
   tau = optimizer_lib.attention_temperature_schedule(config, steps_per_epoch=1)
-  step_fn = every_run(train_step_lib.make_train_step(model, schedule, config, tau), config)
-  return model, schedule, state, step_fn
+  step_fn = every_run(train_step_lib.make_train_step(groups, schedule, config, tau), config)
+  return groups, schedule, state, step_fn
 
 
 # One worker runs both, so that the second finds the first's compiled step in the cache.
@@ -49,7 +49,7 @@ SHARES_THE_STEP = pytest.mark.xdist_group('test_dynamic_training.annealed_step')
 @pytest.mark.slow
 @SHARES_THE_STEP
 def test_the_step_uses_the_attention_temperature_of_its_step_number(dy_config):
-  model, schedule, state, step_fn = annealed_step(dy_config)
+  groups, schedule, state, step_fn = annealed_step(dy_config)
   parallel = parallel_lib.ShardMapParallel(step_fn, jax.devices()[:1])
   annealed, metrics = run(parallel, state, batches(2))
   # Metrics of the one run.
@@ -61,11 +61,11 @@ def test_the_step_uses_the_attention_temperature_of_its_step_number(dy_config):
   chex.assert_trees_all_equal(resumed, annealed)
   # And the attention temperature matters: at a constant 1 the same steps end elsewhere.
   constant = parallel_lib.ShardMapParallel(
-      every_run(train_step_lib.make_train_step(model, schedule, dy_config), dy_config),
+      every_run(train_step_lib.make_train_step(groups, schedule, dy_config), dy_config),
       jax.devices()[:1])
   unannealed, _ = run(constant, state, batches(2))
-  assert not np.allclose(unannealed.params['backbone']['DynamicConv_0']['kernel'],
-                         annealed.params['backbone']['DynamicConv_0']['kernel'])
+  assert not np.allclose(unannealed.params[0]['backbone']['DynamicConv_0']['kernel'],
+                         annealed.params[0]['backbone']['DynamicConv_0']['kernel'])
 
 
 @pytest.mark.slow

@@ -51,3 +51,35 @@ def test_an_unknown_record_type_is_refused(tmp_path):
 
 def test_no_records_read_as_nothing(tmp_path):
   assert metrics.read(str(tmp_path)) == [] and metrics.last(str(tmp_path), metrics.TRAIN) == {}
+
+
+@pytest.mark.parametrize('written, parsed', [
+    ('loss', metrics.Name('loss')),
+    ('peer_1/accuracy', metrics.Name('accuracy', peer=1)),
+    ('ensemble/loss', metrics.Name('loss', ensemble=True)),
+    ('run_2/loss_main', metrics.Name('loss_main', run=2)),
+    ('run_2/peer_0/loss', metrics.Name('loss', run=2, peer=0)),
+    ('run_0/ensemble/accuracy', metrics.Name('accuracy', run=0, ensemble=True)),
+    ('peer_x/loss', metrics.Name('peer_x/loss')),  # Not a peer's: a name of its own.
+])
+def test_names_are_built_and_parsed_by_one_pair_of_functions(written, parsed):
+  assert metrics.parse(written) == parsed
+  assert metrics.name(parsed.metric, run=parsed.run, peer=parsed.peer,
+                      ensemble=parsed.ensemble) == str(parsed) == written
+  assert parsed.prefix == written[:-len(parsed.metric)].rstrip('/')
+
+
+def test_names_a_run_gives_flattened_names_parse_whole():
+  assert metrics.name('peer_1/loss', run=2) == 'run_2/peer_1/loss'
+  assert metrics.parse('run_2/peer_1/loss') == metrics.Name('loss', run=2, peer=1)
+  with pytest.raises(ValueError, match='ensemble is no one peer'):
+    metrics.name('loss', peer=1, ensemble=True)
+  with pytest.raises(ValueError, match="Not a metric name: ''"):
+    metrics.parse('')
+
+
+def test_a_file_is_written_whole_or_not_at_all(tmp_path):
+  path = str(tmp_path / 'table.md')
+  metrics.write_atomically(path, 'old')
+  metrics.write_atomically(path, 'new\n')
+  assert open(path).read() == 'new\n' and os.listdir(tmp_path) == ['table.md']

@@ -19,7 +19,6 @@ from sila_jax import optimizer as optimizer_lib
 from sila_jax import parallel as parallel_lib
 from sila_jax import peers
 from sila_jax import train
-from sila_jax import runs
 from sila_jax import train_step as train_step_lib
 from tests.helpers import batches, make_tiny_config, one_run, plain_param_count, run, setup
 
@@ -35,14 +34,14 @@ def peer_setup(config):
   groups = peers.create_groups(config, bn_axis_name=train_step_lib.AXIS)
   schedule = optimizer_lib.learning_rate_schedule(config, 10, 5)
   tx = optimizer_lib.create_optimizer(config, schedule)
-  state = train_step_lib.create_peer_train_state(groups, tx, jax.random.PRNGKey(0), (32, 32, 3))
+  state = train_step_lib.create_train_state(groups, tx, jax.random.PRNGKey(0), (32, 32, 3))
   return groups, tx, schedule, state
 
 
 def peer_state(state, peer):
-  """Peer `peer`'s slice of a homogeneous peer state, as a single model's state."""
+  """Peer `peer`'s slice of a homogeneous peer state, as a single model's state (one peer)."""
   def take(tree):
-    return jax.tree_util.tree_map(lambda x: x[peer], tree[0])
+    return (jax.tree_util.tree_map(lambda x: x[peer:peer + 1], tree[0]),)
   return state.replace(params=take(state.params), batch_stats=take(state.batch_stats),
                        opt_state=take(state.opt_state))
 
@@ -103,9 +102,10 @@ def test_vmapped_peers_without_mimicry_train_like_separate_models(dml_config, mo
   tau = (optimizer_lib.attention_temperature_schedule(dml_config, 5)
          if model_lib.is_dynamic(model) else None)
   data = batches(2, size=8)
-  together, _ = run(parallel_lib.ShardMapParallel(one_run(train_step_lib.make_peer_train_step(
+  together, _ = run(parallel_lib.ShardMapParallel(one_run(train_step_lib.make_train_step(
       groups, schedule, dml_config, tau), dml_config), devices), state, data)
-  single = model_lib.create_model(dml_config, bn_axis_name=train_step_lib.AXIS)
+  single = peers.create_groups(peers.peer_config(dml_config, 0),
+                               bn_axis_name=train_step_lib.AXIS)
   alone = parallel_lib.ShardMapParallel(
       one_run(train_step_lib.make_train_step(single, schedule, dml_config, tau), dml_config),
       devices)
@@ -144,8 +144,7 @@ def test_eight_devices_match_one(dml_config, kind):
   dml_config.sila.update(num_heads=2, kl_weight=0.5)
   dml_config.dml.temperature = 2.0
   groups, tx, schedule, state = peer_setup(dml_config)
-  step_fn = one_run(train_step_lib.make_peer_train_step(groups, schedule, dml_config),
-                    dml_config)
+  step_fn = one_run(train_step_lib.make_train_step(groups, schedule, dml_config), dml_config)
   data = batches(1)
   one_state, one_metrics = run(parallel_lib.create_parallel(kind, step_fn, jax.devices()[:1]),
                                state, data)
@@ -163,7 +162,7 @@ def test_ensemble_is_the_mean_of_the_peers_probabilities(dml_config):
   variables = peers.init_variables(groups, jax.random.PRNGKey(1), (32, 32, 3))
   batch = batches(1)[0]
   batch['mask'] = np.arange(16) < 12  # The last 4 rows are padding.
-  sums = jax.device_get(evaluate.make_peer_eval_step(groups)(variables, batch, 1.0))
+  sums = metrics.flatten(jax.device_get(evaluate.make_eval_step(groups)(variables, batch, 1.0)))
   logits, _, _ = jax.jit(lambda v, x: peers.apply(groups, v, x, train=False))(variables,
                                                                              batch['image'])
   probs = np.asarray(jax.nn.softmax(logits))
@@ -177,35 +176,24 @@ def test_ensemble_is_the_mean_of_the_peers_probabilities(dml_config):
 
 def final_state(config, workdir):
   """The newest checkpoint's whole TrainState, read back as train_and_evaluate would."""
-  if peers.is_dml(config):
-    groups = peers.create_groups(config)
-    tx = optimizer_lib.create_optimizer(config, optimizer_lib.learning_rate_schedule(config, 3, 2))
-    create = lambda key: train_step_lib.create_peer_train_state(groups, tx, key, (32, 32, 3))
-  else:
-    model, tx, _, _ = setup(config)
-    create = lambda key: train_step_lib.create_train_state(model, tx, key, (32, 32, 3))
-  init = lambda: runs.init(create, config)
+  _, _, _, state = setup(config)
   manager = checkpoint.create_manager(workdir)
   try:
-    return checkpoint.restore_newest_readable(manager, jax.eval_shape(init), config)
+    return checkpoint.restore_newest_readable(manager, jax.eval_shape(lambda: state), config)
   finally:
     manager.close()
 
 
-@pytest.mark.slow
-def test_one_peer_is_single_training_bit_for_bit(tiny_config, tmp_path):
-  train.train_and_evaluate(tiny_config, str(tmp_path / 'single'))
-  one_peer = tiny_config.copy_and_resolve_references()
-  one_peer.dml.update(num_peers=1, weight=3.0, temperature=2.0, independent_augment=True)
-  train.train_and_evaluate(one_peer, str(tmp_path / 'dml'))
-  chex.assert_trees_all_equal(final_state(tiny_config, str(tmp_path / 'single')),
-                              final_state(one_peer, str(tmp_path / 'dml')))
-
-  def records(run):
-    return [{k: v for k, v in r.items() if k not in train.TIMINGS}
-            for r in metrics.read(str(tmp_path / run))]
-  assert records('dml') == records('single')
-  assert {r['type'] for r in records('single')} == {metrics.TRAIN, metrics.VALIDATION}
+def test_one_peer_has_no_mimicry_no_views_and_no_ensemble(tiny_config):
+  # What tests/test_train_step.py trains bit for bit as a single model, whatever dml.* says.
+  tiny_config.dml.update(num_peers=1, weight=3.0, temperature=2.0, independent_augment=True)
+  assert peers.num_views(tiny_config) == 1
+  logits = jax.random.normal(jax.random.PRNGKey(0), (1, 4, 10))
+  assert peers.mimicry(logits, 2.0) == {}
+  assert set(peers.predictions(logits)) == {metrics.PEERS}
+  tiny_config.dml.num_peers = 2
+  assert peers.num_views(tiny_config) == 2
+  chex.assert_shape(peers.mimicry(jnp.concatenate([logits, logits]), 2.0)['loss_mimicry'], (2,))
 
 
 # The tests that read `dml_run` run on one xdist worker, which trains it once.

@@ -167,8 +167,9 @@ def test_sila_plot_draws_the_norms_of_each_run_in_a_third_panel(tmp_path):
                           'run_0 param_norm': ([1, 2], [20.0, 22.0]),
                           'run_1 grad_norm': ([1, 2], [4.0, 1.0]),
                           'run_1 param_norm': ([1, 2], [21.0, 23.0])}
-  figure = plot.draw(data, str(tmp_path / 'curves.png'))
+  figure = plot.draw(data, str(tmp_path / 'curves.png'), title='two runs')
   assert [ax.get_title() for ax in figure.axes] == [plot.TITLES[p] for p in plot.PANELS]
+  assert figure.get_suptitle() == 'two runs'
   assert figure.axes[2].get_yscale() == 'log'
   # Records written before the norms were: two panels, as before.
   old = _write(tmp_path / 'old', [('train', 1, {'loss_main': 1.0, 'accuracy': 0.5})])

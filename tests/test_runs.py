@@ -57,9 +57,9 @@ def assert_trains_like_alone(together, workdir, run, tmp_path):
   alone = runs.run_config(together, run)
   alone_dir = str(tmp_path / f'alone_{run}')
   alone_val = train.train_and_evaluate(alone, alone_dir)['val']
-  first = metrics.read(workdir, metrics.TRAIN)[0][runs.run_metric('loss', run)]
+  first = metrics.read(workdir, metrics.TRAIN)[0][metrics.name('loss', run=run)]
   assert metrics.read(alone_dir, metrics.TRAIN)[0]['loss'] == pytest.approx(first, rel=1e-6)
-  val = metrics.read(workdir, metrics.VALIDATION)[-1][runs.run_metric('loss', run)]
+  val = metrics.read(workdir, metrics.VALIDATION)[-1][metrics.name('loss', run=run)]
   assert alone_val['loss'] == pytest.approx(val, rel=LOSS_RTOL)
   ours, export_dir = exported(together, workdir, run=run)
   theirs, _ = exported(alone, alone_dir)

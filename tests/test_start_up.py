@@ -13,12 +13,12 @@ import pytest
 
 from sila_jax import cli
 from sila_jax import config_checks
-from sila_jax import experiments
 from sila_jax import heads
 from sila_jax import runs
 from sila_jax import train
 from sila_jax import train_step as train_step_lib
 from sila_jax.errors import ConfigError
+from sila_jax.experiments import running
 from tests.helpers import ROOT, cli_overrides, launch, saved_steps
 
 QUIET_ENV = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
@@ -193,8 +193,8 @@ def test_sila_train_sent_sigterm_while_it_compiles_exits_at_once(data_dir, tmp_p
 
 def test_the_experiment_runner_stopped_by_ctrl_c_raises_keyboard_interrupt(monkeypatch,
                                                                           tmp_path):
-  monkeypatch.setattr(experiments, 'train_group', lambda *args, **kwargs: 'Ctrl-C')
+  monkeypatch.setattr(running, 'train_group', lambda *args, **kwargs: 'Ctrl-C')
   with pytest.raises(KeyboardInterrupt):  # cli.run makes it one line and exit status 130.
-    experiments.run_grid('configs/grids/smoke.py', str(tmp_path), {})
-  monkeypatch.setattr(experiments, 'train_group', lambda *args, **kwargs: 'SIGTERM')
-  assert experiments.run_grid('configs/grids/smoke.py', str(tmp_path), {}) == []
+    running.run_grid('configs/grids/smoke.py', str(tmp_path), {})
+  monkeypatch.setattr(running, 'train_group', lambda *args, **kwargs: 'SIGTERM')
+  assert running.run_grid('configs/grids/smoke.py', str(tmp_path), {}) == []

@@ -1,42 +1,74 @@
-"""The per-device step: plain training bit for bit, and 1 vs 8 devices under both wrappers."""
-import functools
-
+"""The per-device step: a single model (one peer) trains bit for bit as the single-model step
+did, and 1 vs 8 devices agree under both wrappers."""
 import chex
 import jax
 import numpy as np
 import optax
 import pytest
 
+from sila_jax import collectives
+from sila_jax import model as model_lib
 from sila_jax import optimizer as optimizer_lib
 from sila_jax import parallel as parallel_lib
 from sila_jax import train_step as train_step_lib
-from tests.helpers import batches, every_run, run, setup
+from tests.helpers import AXIS, batches, every_run, run, setup
 
 
-def plain_cross_entropy(logits, siamese_logits, labels, run):
-  """The reference loss of a model that never had Siamese heads."""
-  assert siamese_logits is None
-  loss = optax.softmax_cross_entropy(logits, jax.nn.one_hot(labels, logits.shape[-1])).mean()
-  return loss, {'loss': loss}
+def single_model_step(model, schedule, config):
+  """The per-run step of one SilaClassifier with no peer axis and no vmap: the single-model
+  step this project had before a single model became one peer, which K = 1 must train bit
+  for bit."""
+  settings = train_step_lib._run_settings(config, schedule)
+
+  def step(state, batch, run):
+    dropout_rng = train_step_lib._dropout_rng(state)
+
+    def loss_and_aux(params):
+      (logits, siamese_logits), updates = model.apply(
+          {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
+          mutable=['batch_stats'], rngs={'dropout': dropout_rng},
+          backbone_grad_scale=settings['backbone_grad_scale'](run))
+      loss, metrics = settings['loss_fn'](logits, siamese_logits, batch['label'], run)
+      return run['loss_scale'] * loss, (metrics, updates['batch_stats'])
+    grads, (metrics, batch_stats) = jax.grad(loss_and_aux, has_aux=True)(state.params)
+    grads, metrics = collectives.device_mean((grads, metrics), AXIS)
+    updates, opt_state = settings['optimizer'](run).update(grads, state.opt_state, state.params)
+    return train_step_lib._finish(state, grads, optax.apply_updates(state.params, updates),
+                                  batch_stats, opt_state, metrics)
+  return step
+
+
+def only_peer(tree):
+  """The peer-layout tree of one peer, leaves (R, 1, ...), as a single model's, (R, ...)."""
+  (group,) = tree
+  return jax.tree_util.tree_map(lambda x: x[:, 0], group)
 
 
 @pytest.mark.slow
-def test_sila_off_equals_plain_cross_entropy_bit_for_bit(tiny_config):
-  tiny_config.sila.enabled = False
-  model, tx, schedule, state = setup(tiny_config)
-  assert set(state.params) == {'backbone', 'head'}
+@pytest.mark.parametrize('sila', [False, True])
+def test_one_peer_trains_bit_for_bit_like_the_single_model_step(tiny_config, sila):
+  tiny_config.sila.update(enabled=sila, num_heads=2, kl_weight=0.5)
+  groups, _, schedule, state = setup(tiny_config)
+  assert len(groups) == 1 and groups[0][1] == 1
+  alone = state.replace(**{field: only_peer(getattr(state, field))
+                           for field in ('params', 'batch_stats', 'opt_state')})
+  assert set(alone.params) == {'backbone', 'head', *(['siamese_heads'] if sila else [])}
+  model = model_lib.create_model(tiny_config, bn_axis_name=AXIS)
   devices = jax.devices()[:1]
   ours = parallel_lib.ShardMapParallel(every_run(
-      train_step_lib.make_train_step(model, schedule, tiny_config), tiny_config), devices)
-  reference = parallel_lib.ShardMapParallel(every_run(functools.partial(
-      train_step_lib.train_step, model=model, optimizer=lambda run: tx,
-      learning_rate=lambda step, run: schedule(step), loss_fn=plain_cross_entropy,
-      backbone_grad_scale=lambda run: 1.0), tiny_config), devices)
+      train_step_lib.make_train_step(groups, schedule, tiny_config), tiny_config), devices)
+  reference = parallel_lib.ShardMapParallel(
+      every_run(single_model_step(model, schedule, tiny_config), tiny_config), devices)
   data = batches(2)
   ours_state, ours_metrics = run(ours, state, data)
-  ref_state, ref_metrics = run(reference, state, data)
-  chex.assert_trees_all_equal(ours_state, ref_state)
+  ref_state, ref_metrics = run(reference, alone, data)
+  for field in ('params', 'batch_stats', 'opt_state'):
+    chex.assert_trees_all_equal(only_peer(getattr(ours_state, field)), getattr(ref_state, field))
   assert [m['loss'] for m in ours_metrics] == [m['loss'] for m in ref_metrics]
+  # The steps moved the parameters, so the equality above means something.
+  moved = jax.tree_util.tree_map(lambda a, b: np.abs(a - b).max(), ref_state.params,
+                                 alone.params)
+  assert max(jax.tree_util.tree_leaves(moved)) > 1e-3
 
 
 def two_head_step(config):
@@ -44,8 +76,8 @@ def two_head_step(config):
   consistency term: the program the tests below compile, on 1 and on 8 devices under each
   wrapper (the session's compilation cache compiles each once)."""
   config.sila.update(num_heads=2, attach='stage2', kl_weight=0.5)
-  model, _, schedule, state = setup(config)
-  return state, every_run(train_step_lib.make_train_step(model, schedule, config), config)
+  groups, _, schedule, state = setup(config)
+  return state, every_run(train_step_lib.make_train_step(groups, schedule, config), config)
 
 
 # One worker runs them, so that later ones find the programs of earlier ones in the cache.
@@ -82,7 +114,7 @@ def test_shard_map_and_pmap_agree(tiny_config):
 
 def test_weight_decay_touches_kernels_only(tiny_config):
   _, _, _, state = setup(tiny_config)
-  mask = optimizer_lib.is_kernel(state.params)
+  (mask,) = optimizer_lib.is_kernel(state.params)
   assert mask['head']['Dense_0']['kernel'] and not mask['head']['Dense_0']['bias']
   bn = mask['backbone']['BatchNorm_0']
   assert not bn['scale'] and not bn['bias']
@@ -105,34 +137,34 @@ def test_rescaled_twin_sila_with_agreeing_heads_steps_the_backbone_like_plain_tr
   # twice the plain gradient; rescaling halves it back. Doubling and halving are exact in
   # floating point, so one step must match plain training bit for bit.
   tiny_config.sila.update(attach='features', weight=1.0, rescale_backbone_grad=True)
-  model, _, schedule, state = setup(tiny_config)
-  state = state.replace(params={**state.params,
-                                'siamese_heads': {'head_0': state.params['head']}})
+  groups, _, schedule, state = setup(tiny_config)
+  (params,) = state.params
+  state = state.replace(params=({**params, 'siamese_heads': {'head_0': params['head']}},))
   unrescaled_config = tiny_config.copy_and_resolve_references()
   unrescaled_config.sila.rescale_backbone_grad = False
   plain_config = tiny_config.copy_and_resolve_references()
   plain_config.sila.enabled = False
-  plain_model, _, _, plain_state = setup(plain_config)
+  plain_groups, _, _, plain_state = setup(plain_config)
   plain_state = plain_state.replace(
-      params={k: state.params[k] for k in ('backbone', 'head')}, batch_stats=state.batch_stats)
+      params=({k: params[k] for k in ('backbone', 'head')},), batch_stats=state.batch_stats)
   devices = jax.devices()[:1]
   data = batches(1)
 
-  def one_step(step_model, config, start):
-    step_fn = every_run(train_step_lib.make_train_step(step_model, schedule, config), config)
+  def one_step(step_groups, config, start):
+    step_fn = every_run(train_step_lib.make_train_step(step_groups, schedule, config), config)
     return run(parallel_lib.ShardMapParallel(step_fn, devices), start, data)[0]
-  rescaled = one_step(model, tiny_config, state)
-  unrescaled = one_step(model, unrescaled_config, state)
-  plain = one_step(plain_model, plain_config, plain_state)
-  chex.assert_trees_all_equal(rescaled.params['backbone'], plain.params['backbone'])
-  chex.assert_trees_all_equal(rescaled.batch_stats, plain.batch_stats)
+  rescaled_state = one_step(groups, tiny_config, state)
+  plain_state = one_step(plain_groups, plain_config, plain_state)
+  chex.assert_trees_all_equal(rescaled_state.batch_stats, plain_state.batch_stats)
+  (rescaled,), (plain,) = rescaled_state.params, plain_state.params
+  (unrescaled,) = one_step(groups, unrescaled_config, state).params
+  chex.assert_trees_all_equal(rescaled['backbone'], plain['backbone'])
   # The heads' own gradients are not rescaled. (The main head's matches plain training's to
   # rounding: its loss sums with the Siamese head's before the batch mean.)
-  chex.assert_trees_all_equal(rescaled.params['head'], unrescaled.params['head'])
-  chex.assert_trees_all_close(rescaled.params['head'], plain.params['head'], rtol=1e-6)
-  chex.assert_trees_all_equal(rescaled.params['siamese_heads'],
-                              unrescaled.params['siamese_heads'])
+  chex.assert_trees_all_equal(rescaled['head'], unrescaled['head'])
+  chex.assert_trees_all_close(rescaled['head'], plain['head'], rtol=1e-6)
+  chex.assert_trees_all_equal(rescaled['siamese_heads'], unrescaled['siamese_heads'])
   # Without rescaling the backbone takes the larger step, so the equality above is a test.
-  moved = jax.tree_util.tree_map(lambda a, b: np.abs(a - b).max(), unrescaled.params['backbone'],
-                                 plain.params['backbone'])
+  moved = jax.tree_util.tree_map(lambda a, b: np.abs(a - b).max(), unrescaled['backbone'],
+                                 plain['backbone'])
   assert max(jax.tree_util.tree_leaves(moved)) > 1e-4

@@ -10,6 +10,7 @@ from sila_jax import checkpoint
 from sila_jax import cli
 from sila_jax import distributed
 from sila_jax import evaluate
+from sila_jax import metrics
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Configuration file (its data '
                                           'fields; with --export_dir the model is the '
@@ -36,8 +37,9 @@ def _main(argv):
   print(f"{result['split']}: accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  "
         f"examples {result['num_examples']}  parameters {result['num_params']}  "
         f"(step {result['step']})")
-  peer_accuracies = [f'{name[:-len("/accuracy")]} {value:.4f}' for name, value in result.items()
-                     if name.endswith('/accuracy')]
+  named = [(metrics.parse(written), value) for written, value in result.items()]
+  peer_accuracies = [f'{name.prefix} {value:.4f}' for name, value in named
+                     if name.metric == 'accuracy' and name.prefix]
   if peer_accuracies:
     print('DML accuracy: ' + '  '.join(peer_accuracies))
 

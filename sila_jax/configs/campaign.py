@@ -58,8 +58,8 @@ def headline_arms(with_tuned_lr: bool) -> dict:
 
 
 def get_campaign():
-  """The blocks in priority order: {'name', 'title', 'grid'} (grid as experiments.check_grid
-  takes it)."""
+  """The blocks in priority order: {'name', 'title', 'grid'} (grid as
+  experiments.planning.check_grid takes it)."""
   return [
       {'name': 'headline_50', 'title': 'Headline, 50 epochs: SiLa against plain training and '
                                        'the step-size controls',

@@ -25,7 +25,7 @@ def measure(name: str, batch_size: int, steps: int, width: float) -> dict[str, f
   config = default.get_config()
   config.update(model=name, width=width, batch_size=batch_size)
   config.sila.enabled = False
-  groups = peers.create_groups(config, bn_axis_name=train_step_lib.AXIS)
+  groups = peers.create_groups(config, bn_axis_name=parallel_lib.AXIS)
   schedule = optimizer_lib.learning_rate_schedule(config, 1000, 100)
   tx = optimizer_lib.create_optimizer(config, schedule)
   tau = (optimizer_lib.attention_temperature_schedule(config, 100)

@@ -39,7 +39,7 @@ def config_parallel(config, devices: Sequence[jax.Device]
   schedule = optimizer_lib.learning_rate_schedule(config, 1000, 100)
   tx = optimizer_lib.create_optimizer(config, schedule)
   image_shape = (32, 32, 3)
-  groups = peers.create_groups(config, bn_axis_name=train_step_lib.AXIS)
+  groups = peers.create_groups(config, bn_axis_name=parallel_lib.AXIS)
   create = lambda key: train_step_lib.create_train_state(groups, tx, key, image_shape)
   step_fn = train_step_lib.make_train_step(groups, schedule, config)
   every_run = runs.vmap_step(step_fn, config, batch_axis=None)  # As training runs it.

@@ -25,7 +25,7 @@ from sila_jax import parallel
 from sila_jax import peers
 from sila_jax import progress
 from sila_jax import runs
-from sila_jax.train_step import AXIS
+from sila_jax.parallel import AXIS
 
 
 def make_eval_step(groups: tuple[peers.Group, ...]):
@@ -133,7 +133,7 @@ class Evaluator:
                devices: list[jax.Device] | None = None):
     devices = jax.devices() if devices is None else devices
     self.split = split
-    self._mesh = Mesh(np.asarray(devices), (AXIS,))
+    self._mesh = parallel.data_mesh(devices)
     data = input_pipeline.load_eval_shard(config, split,
                                           config.eval_batch_size // jax.process_count())
     self._batches = EvalBatches(data, self._mesh, config.on_device)

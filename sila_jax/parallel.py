@@ -11,16 +11,20 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from sila_jax.train_step import AXIS
-
+AXIS = 'data'  # The mesh axis the per-device step runs in: gradients and statistics average over it.
 KINDS = ('shard_map', 'pmap')
+
+
+def data_mesh(devices: Sequence[jax.Device]) -> Mesh:
+  """The 1-D mesh over `devices` whose one axis is AXIS."""
+  return Mesh(np.asarray(devices), (AXIS,))
 
 
 class ShardMapParallel:
   """Per-device step under jax.shard_map + jax.jit over a 1-D `data` mesh."""
 
   def __init__(self, step_fn: Callable, devices: Sequence[jax.Device]):
-    self.mesh = Mesh(np.asarray(devices), (AXIS,))
+    self.mesh = data_mesh(devices)
     self.replicated = NamedSharding(self.mesh, P())
     self.sharded = NamedSharding(self.mesh, P(AXIS))
     # check_vma=False gives the step pmap's semantics: gradients of the replicated
@@ -49,7 +53,7 @@ class PmapParallel:
 
   def __init__(self, step_fn: Callable, devices: Sequence[jax.Device]):
     self.num_devices = len(devices)
-    self.mesh = Mesh(np.asarray(devices), (AXIS,))
+    self.mesh = data_mesh(devices)
     self.stacked = NamedSharding(self.mesh, P(AXIS))
     self.train_step = jax.pmap(step_fn, axis_name=AXIS, devices=list(devices), donate_argnums=0)
 

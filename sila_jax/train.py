@@ -1,6 +1,6 @@
 """`train_and_evaluate`: the whole run, top to bottom, over named stages.
 
-plan (devices, data, budget) -> model (update step, initial state) -> evaluator -> restore
+plan (devices, data, budget) -> learner (update step, initial state) -> evaluator -> restore
 or initialise -> the step on the devices -> loop (train, log, checkpoint, evaluate). Every
 mistake in the config, the data or an existing checkpoint raises a UserError before
 anything is compiled.
@@ -71,7 +71,7 @@ class Plan:
 
 
 @dataclasses.dataclass(frozen=True)
-class Model:
+class Learner:
   """What trains: the per-run update step and its initial state."""
   step_fn: Callable  # (state, batch, run) -> (state, metrics): train_step.make_train_step.
   initial_state: Callable[[], Any]  # () -> state with every leaf but `step` stacked (R, ...).
@@ -106,7 +106,7 @@ def plan_run(config: ml_collections.ConfigDict) -> Plan:
                                                     config.eval_every_steps))
 
 
-def build_model(config: ml_collections.ConfigDict, plan: Plan) -> Model:
+def build_learner(config: ml_collections.ConfigDict, plan: Plan) -> Learner:
   """The peers of `config` (one: a single model), their optimizer and per-run update step."""
   schedule = optimizer_lib.learning_rate_schedule(config, plan.num_train_steps,
                                                   plan.steps_per_epoch)
@@ -115,11 +115,11 @@ def build_model(config: ml_collections.ConfigDict, plan: Plan) -> Model:
   attention_schedule = (
       optimizer_lib.attention_temperature_schedule(config, plan.steps_per_epoch)
       if any(map(model_lib.is_dynamic, peers.peer_models(config))) else None)
-  groups = peers.create_groups(config, bn_axis_name=train_step_lib.AXIS)
+  groups = peers.create_groups(config, bn_axis_name=parallel_lib.AXIS)
   step_fn = train_step_lib.make_train_step(groups, schedule, config, attention_schedule)
   create_state = functools.partial(train_step_lib.create_train_state, groups, tx)
   image_shape = (config.image_size, config.image_size, 3)
-  return Model(
+  return Learner(
       step_fn=step_fn,
       initial_state=lambda: runs.init(lambda key: create_state(key, image_shape), config),
       attention_temperature=lambda step: (float(attention_schedule(step))
@@ -280,7 +280,7 @@ class OnDevices:
   batches: Iterator[Any]  # What train_step takes, one per step.
 
 
-def place_step(config: ml_collections.ConfigDict, plan: Plan, model: Model,
+def place_step(config: ml_collections.ConfigDict, plan: Plan, learner: Learner,
                state: Any) -> OnDevices:
   """Puts the update step of every run, `state` and the training data on the devices.
 
@@ -290,10 +290,10 @@ def place_step(config: ml_collections.ConfigDict, plan: Plan, model: Model,
   """
   num_views = peers.num_views(config)
   if config.on_device:
-    input_step = input_pipeline.device_input_step(model.step_fn, config, train_step_lib.AXIS,
+    input_step = input_pipeline.device_input_step(learner.step_fn, config, parallel_lib.AXIS,
                                                   plan.shard_size, plan.device_batch, num_views)
   else:
-    input_step = input_pipeline.host_input_step(model.step_fn, config, train_step_lib.AXIS,
+    input_step = input_pipeline.host_input_step(learner.step_fn, config, parallel_lib.AXIS,
                                                 num_views)
   every_run = runs.vmap_step(input_step, config, batch_axis=None if config.on_device else 1)
   parallel = parallel_lib.create_parallel(config.parallel, every_run, plan.devices)
@@ -330,13 +330,13 @@ def check_memory(abstract_state: Any) -> None:
         f'more than {where}; lower num_runs, dml.num_peers, width or the model.')
 
 
-def restore_or_initialise(checkpoints: checkpoint.Checkpoints, model: Model,
+def restore_or_initialise(checkpoints: checkpoint.Checkpoints, learner: Learner,
                           abstract_state: Any, plan: Plan) -> Any:
   """The newest readable checkpoint's state, or a fresh one if there is none. Restoring into
   the abstract state lets a bad checkpoint fail before anything is compiled."""
   state = checkpoints.restore(abstract_state)
   if state is None:
-    return model.initial_state()
+    return learner.initial_state()
   start_step = int(state.step)
   if start_step < plan.num_train_steps:
     epoch, index = plan.position(start_step)
@@ -345,12 +345,12 @@ def restore_or_initialise(checkpoints: checkpoint.Checkpoints, model: Model,
   return state
 
 
-def validate(step: int, state: Any, diverged_steps: np.ndarray, model: Model,
+def validate(step: int, state: Any, diverged_steps: np.ndarray, learner: Learner,
              evaluator: evaluate_lib.Evaluator, writer: metrics_lib.Writer,
              checkpoints: checkpoint.Checkpoints) -> dict[str, float]:
   """Validates `state` after `step` (its main branch), records the metrics and makes it the
   best checkpoint if it is; returns the metrics. `diverged_steps` (R,): as _check_finite."""
-  temperature = model.attention_temperature(step)
+  temperature = learner.attention_temperature(step)
   metrics = evaluator.run({'params': state.params, 'batch_stats': state.batch_stats},
                           temperature, diverged_steps)
   writer.write(metrics_lib.VALIDATION, step, metrics)
@@ -398,20 +398,20 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         stops: StopRequests) -> dict[str, Any]:
   """train_and_evaluate inside its StopRequests."""
   plan = plan_run(config)
-  model = build_model(config, plan)
+  learner = build_learner(config, plan)
   evaluator = (evaluate_lib.Evaluator(config, config.eval_split, plan.devices)
                if plan.eval_every else None)
-  abstract_state = jax.eval_shape(model.initial_state)
+  abstract_state = jax.eval_shape(learner.initial_state)
   check_memory(abstract_state)
   os.makedirs(workdir, exist_ok=True)
   with contextlib.closing(checkpoint.Checkpoints(workdir, config)) as checkpoints:
-    state = restore_or_initialise(checkpoints, model, abstract_state, plan)
+    state = restore_or_initialise(checkpoints, learner, abstract_state, plan)
     start_step = int(state.step)
     diverged_steps = np.asarray(state.diverged_step)
     if start_step >= plan.num_train_steps:
       if unvalidated(workdir, start_step, plan, evaluator):
         with contextlib.closing(metrics_lib.Writer(workdir, logging.info, start_step)) as writer:
-          validate(start_step, state, diverged_steps, model, evaluator, writer, checkpoints)
+          validate(start_step, state, diverged_steps, learner, evaluator, writer, checkpoints)
       logging.info('The run in %s is already complete (step %d of %d); nothing to do.',
                    workdir, start_step, plan.num_train_steps)
       return {'status': 'complete', 'step': start_step,
@@ -429,19 +429,19 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     logging.info('Training steps %d..%d (%d per epoch), global batch %d on %d devices.',
                  start_step, plan.num_train_steps, plan.steps_per_epoch, config.batch_size,
                  len(plan.devices))
-    on_devices = place_step(config, plan, model, state)
+    on_devices = place_step(config, plan, learner, state)
     trace = StepTrace(config_checks.profiled_steps(config.profile_steps),
                       os.path.join(workdir, PROFILE))
     with progress_lib.Progress('train', plan.num_train_steps, start_step) as progress, \
          contextlib.closing(metrics_lib.Writer(workdir, progress.write, start_step)) as writer, \
          contextlib.closing(trace):
       if unvalidated(workdir, start_step, plan, evaluator):
-        validate(start_step, state, diverged_steps, model, evaluator, writer, checkpoints)
-      return train_loop(config, plan, model, on_devices, start_step, evaluator, checkpoints,
+        validate(start_step, state, diverged_steps, learner, evaluator, writer, checkpoints)
+      return train_loop(config, plan, learner, on_devices, start_step, evaluator, checkpoints,
                         writer, progress, stops, trace)
 
 
-def train_loop(config: ml_collections.ConfigDict, plan: Plan, model: Model,
+def train_loop(config: ml_collections.ConfigDict, plan: Plan, learner: Learner,
                on_devices: OnDevices, start_step: int,
                evaluator: evaluate_lib.Evaluator | None, checkpoints: checkpoint.Checkpoints,
                writer: metrics_lib.Writer, progress: progress_lib.Progress,
@@ -491,7 +491,7 @@ def train_loop(config: ml_collections.ConfigDict, plan: Plan, model: Model,
     # Checkpoints are written only after the loss and parameters are checked.
     if is_time(step, config.checkpoint_every_steps, last) or stopping:
       diverged_steps = _check_finite(pending, diverged_steps)
-      checkpoints.save(parallel.unreplicate(device_state), model.attention_temperature(step))
+      checkpoints.save(parallel.unreplicate(device_state), learner.attention_temperature(step))
     if stopping:
       checkpoints.wait()
       # Another process may have received the signal: 'SIGTERM' there.
@@ -502,7 +502,7 @@ def train_loop(config: ml_collections.ConfigDict, plan: Plan, model: Model,
       break
     if is_time(step, plan.eval_every, last):
       diverged_steps = _check_finite(pending, diverged_steps)
-      val_metrics = validate(step, parallel.unreplicate(device_state), diverged_steps, model,
+      val_metrics = validate(step, parallel.unreplicate(device_state), diverged_steps, learner,
                              evaluator, writer, checkpoints)
       # Keep evaluation out of the throughput figure.
       timed_steps, input_seconds, tick = 0, 0.0, time.perf_counter()

@@ -22,8 +22,7 @@ from sila_jax import losses
 from sila_jax import metrics as metrics_lib
 from sila_jax import optimizer as optimizer_lib
 from sila_jax import peers
-
-AXIS = 'data'
+from sila_jax.parallel import AXIS
 
 
 @flax.struct.dataclass

@@ -17,13 +17,14 @@ from PIL import Image
 from sila_jax import metrics
 from sila_jax import model as model_lib
 from sila_jax import optimizer as optimizer_lib
+from sila_jax import parallel as parallel_lib
 from sila_jax import peers
 from sila_jax import runs
 from sila_jax import train_step as train_step_lib
 from sila_jax.configs import default
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-AXIS = 'data'  # The mesh axis the tests' hand-made shard_maps name.
+AXIS = parallel_lib.AXIS  # The mesh axis the step and the tests' own shard_maps name.
 CLASSES = ('cat', 'dog', 'ship')
 
 
@@ -159,7 +160,7 @@ def assert_same_scalars(workdir):
 def setup(config):
   """(peer groups, tx, schedule, initial state of every run) for `config`, as
   train_and_evaluate builds them."""
-  groups = peers.create_groups(config, bn_axis_name=train_step_lib.AXIS)
+  groups = peers.create_groups(config, bn_axis_name=AXIS)
   schedule = optimizer_lib.learning_rate_schedule(config, 10, 5)
   tx = optimizer_lib.create_optimizer(config, schedule)
   state = runs.init(lambda key: train_step_lib.create_train_state(groups, tx, key, (32, 32, 3)),

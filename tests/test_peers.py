@@ -31,7 +31,7 @@ def dml_config(tiny_config):
 
 def peer_setup(config):
   """(groups, tx, schedule, initial peer state) as train_and_evaluate builds them."""
-  groups = peers.create_groups(config, bn_axis_name=train_step_lib.AXIS)
+  groups = peers.create_groups(config, bn_axis_name=parallel_lib.AXIS)
   schedule = optimizer_lib.learning_rate_schedule(config, 10, 5)
   tx = optimizer_lib.create_optimizer(config, schedule)
   state = train_step_lib.create_train_state(groups, tx, jax.random.PRNGKey(0), (32, 32, 3))
@@ -105,7 +105,7 @@ def test_vmapped_peers_without_mimicry_train_like_separate_models(dml_config, mo
   together, _ = run(parallel_lib.ShardMapParallel(one_run(train_step_lib.make_train_step(
       groups, schedule, dml_config, tau), dml_config), devices), state, data)
   single = peers.create_groups(peers.peer_config(dml_config, 0),
-                               bn_axis_name=train_step_lib.AXIS)
+                               bn_axis_name=parallel_lib.AXIS)
   alone = parallel_lib.ShardMapParallel(
       one_run(train_step_lib.make_train_step(single, schedule, dml_config, tau), dml_config),
       devices)

@@ -30,7 +30,7 @@ def floating_dtypes(tree):
 def test_bfloat16_step_keeps_float32_parameters_statistics_optimizer_state_and_loss(
     tiny_config):
   tiny_config.update(dtype='bfloat16', batch_size=8)
-  groups = peers.create_groups(tiny_config, bn_axis_name=train_step_lib.AXIS)
+  groups = peers.create_groups(tiny_config, bn_axis_name=parallel_lib.AXIS)
   schedule = optimizer_lib.learning_rate_schedule(tiny_config, 10, 5)
   tx = optimizer_lib.create_optimizer(tiny_config, schedule)
   state = train_step_lib.create_train_state(groups, tx, jax.random.PRNGKey(0), (32, 32, 3))

@@ -100,6 +100,12 @@ def take(tree: Any, run: int) -> Any:
   return jax.tree_util.tree_map(lambda x: x[run], tree)
 
 
+def named_run(run: int, num_runs: int) -> int | None:
+  """The run under which `summarize` names run `run`'s own values (metrics.name's `run`):
+  None for the only run, whose values are the summary's own."""
+  return run if num_runs > 1 else None
+
+
 def summarize(per_run: dict[str, Any], diverged_steps: Any = None) -> dict[str, float]:
   """{name: (R,) values} -> the means over runs under each name; with R > 1 also each run's
   value as 'run_<r>/<name>' and the sample standard deviation over runs as '<name>_std'.
@@ -120,10 +126,12 @@ def summarize(per_run: dict[str, Any], diverged_steps: Any = None) -> dict[str, 
       summary[f'{name}_std'] = (float(np.std(value[live], ddof=1)) if live.sum() > 1
                                 else float('nan'))
     for r in range(num_runs):
-      summary.update({metrics.name(name, run=r): float(value[r]) for name, value in per_run.items()})
+      summary.update({metrics.name(name, run=r): float(value[r])
+                      for name, value in per_run.items()})
     if diverged_steps is not None:
       summary['diverged_runs'] = int(np.sum(~live))
-      summary.update({metrics.name('diverged_step', run=r): int(steps[r]) for r in range(num_runs)})
+      summary.update({metrics.name('diverged_step', run=r): int(steps[r])
+                      for r in range(num_runs)})
   return summary
 
 

@@ -18,6 +18,7 @@ from absl import logging
 from sila_jax import config_checks
 from sila_jax import export
 from sila_jax import metrics
+from sila_jax import runs
 from sila_jax import train
 from sila_jax.errors import ConfigError
 from sila_jax.experiments import planning
@@ -76,7 +77,7 @@ def train_group(members: list[planning.Run], out: str,
   # train_and_evaluate returned no 'diverged' before it recorded divergence per run.
   diverged_steps = result.get('diverged', [None] * len(members))
   for r, run in enumerate(members):
-    named = r if len(members) > 1 else None  # One run's figures name no run.
+    named = runs.named_run(r, len(members))
     record = {'arm': run.arm, 'seed': run.seed, 'step': result['step'],
               'diverged_step': diverged_steps[r],
               **{f'val_{k}': v for k, v in own(result['val'], named).items()},

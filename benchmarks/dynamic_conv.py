@@ -12,6 +12,7 @@ import jax
 
 from benchmarks import timing
 from sila_jax.configs import default
+from sila_jax import methods
 from sila_jax import model as model_lib
 from sila_jax import optimizer as optimizer_lib
 from sila_jax import parallel as parallel_lib
@@ -25,12 +26,10 @@ def measure(name: str, batch_size: int, steps: int, width: float) -> dict[str, f
   config = default.get_config()
   config.update(model=name, width=width, batch_size=batch_size)
   config.sila.enabled = False
-  groups = peers.create_groups(config, bn_axis_name=parallel_lib.AXIS)
+  method = methods.create(config, bn_axis_name=parallel_lib.AXIS, steps_per_epoch=100)
   schedule = optimizer_lib.learning_rate_schedule(config, 1000, 100)
   tx = optimizer_lib.create_optimizer(config, schedule)
-  tau = (optimizer_lib.attention_temperature_schedule(config, 100)
-         if model_lib.is_dynamic(name) else None)
-  state = runs.init(lambda key: train_step_lib.create_train_state(groups, tx, key, (32, 32, 3)),
+  state = runs.init(lambda key: train_step_lib.create_train_state(method, tx, key, (32, 32, 3)),
                     config)
   batch = timing.random_batch(batch_size)
 
@@ -43,7 +42,7 @@ def measure(name: str, batch_size: int, steps: int, width: float) -> dict[str, f
   flops = forward.lower(variables, batch['image']).compile().cost_analysis()['flops']
 
   parallel = parallel_lib.ShardMapParallel(
-      runs.vmap_step(train_step_lib.make_train_step(groups, schedule, config, tau), config,
+      runs.vmap_step(train_step_lib.make_train_step(method, schedule, config), config,
                      batch_axis=None), jax.devices()[:1])
   return dict(params=model_lib.count_params(variables['params']), flops=flops,
               images_per_s=batch_size / timing.median_step_seconds(parallel, state, batch, steps))

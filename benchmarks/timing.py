@@ -5,9 +5,9 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from sila_jax import methods
 from sila_jax import optimizer as optimizer_lib
 from sila_jax import parallel as parallel_lib
-from sila_jax import peers
 from sila_jax import runs
 from sila_jax import train_step as train_step_lib
 
@@ -39,9 +39,9 @@ def config_parallel(config, devices: Sequence[jax.Device]
   schedule = optimizer_lib.learning_rate_schedule(config, 1000, 100)
   tx = optimizer_lib.create_optimizer(config, schedule)
   image_shape = (32, 32, 3)
-  groups = peers.create_groups(config, bn_axis_name=parallel_lib.AXIS)
-  create = lambda key: train_step_lib.create_train_state(groups, tx, key, image_shape)
-  step_fn = train_step_lib.make_train_step(groups, schedule, config)
+  method = methods.create(config, bn_axis_name=parallel_lib.AXIS)
+  create = lambda key: train_step_lib.create_train_state(method, tx, key, image_shape)
+  step_fn = train_step_lib.make_train_step(method, schedule, config)
   every_run = runs.vmap_step(step_fn, config, batch_axis=None)  # As training runs it.
   return parallel_lib.ShardMapParallel(every_run, devices), runs.init(create, config)
 

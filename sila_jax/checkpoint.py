@@ -22,17 +22,17 @@ import orbax.checkpoint as ocp
 
 from sila_jax.configs import default
 from sila_jax import distributed
+from sila_jax import methods
 from sila_jax.config_checks import get_field
 from sila_jax.errors import CheckpointError, first_line
 
 LATEST, BEST = 'latest', 'best'
 DIRECTORIES = {LATEST: 'checkpoints', BEST: 'best'}  # Under the workdir.
 CORRUPT = 'corrupt_checkpoints'  # Where training moves checkpoints it cannot read.
-# Fields that fix the shapes of the main branch, and of everything training restores.
+# Fields that fix the shapes of the main branch; training restores what these and the
+# method's fields (methods.structure_fields) fix.
 MAIN_BRANCH_FIELDS = ('model', 'width', 'num_classes', 'dynamic.num_kernels', 'dml.num_peers',
                       'dml.models', 'num_runs')
-TRAINING_FIELDS = MAIN_BRANCH_FIELDS + ('sila.enabled', 'sila.num_heads', 'sila.head',
-                                        'sila.attach')
 # TrainState fields added since checkpoints were first written; an older checkpoint restores
 # them as zeros (its runs had not diverged: training stopped at a non-finite loss then).
 ADDED_STATE_FIELDS = ('diverged_step',)
@@ -172,7 +172,8 @@ def restore_newest_readable(manager: ocp.CheckpointManager, abstract_state: Any,
     except Exception as e:  # A damaged or missing meta item.
       problem = f'unreadable metadata ({type(e).__name__}: {first_line(e)})'
     else:
-      check_model(meta, config, TRAINING_FIELDS, directory)
+      check_model(meta, config, MAIN_BRANCH_FIELDS + methods.structure_fields(config),
+                  directory)
       added = [k for k in ADDED_STATE_FIELDS if k in target and k not in meta['digests']]
       try:
         restored = restore(manager, step, {k: v for k, v in target.items() if k not in added},
@@ -205,14 +206,14 @@ def _move_aside(directory: str, step: int) -> str:
 
 def restore_main_branch(workdir: str, config: ml_collections.ConfigDict, abstract: Any,
                         which: str = LATEST) -> tuple[dict[str, Any], dict[str, Any]]:
-  """Reads only the variables of `abstract` (peers.deployable_abstract's: every peer's
-  {backbone, head} and their BatchNorm statistics) of `workdir`'s latest (or best)
-  checkpoint; Siamese heads and optimizer state are not read. `config` is checked against
+  """Reads only the variables of `abstract` (methods.Method.deployable_abstract's: every
+  peer's {backbone, head} and their BatchNorm statistics) of `workdir`'s latest (or best)
+  checkpoint; the method's branches and optimizer state are not read. `config` is checked against
   the checkpoint's.
 
   Returns:
     (meta, variables): meta has 'step' and 'attention_temperature'; variables are every
-    peer's, for peers.apply with main-branch groups, with the leading run axis
+    peer's, for methods.Method.predictions, with the leading run axis
     (sila_jax/runs.py).
   Raises:
     CheckpointError: no checkpoint, a corrupt one, or one written for another model.

@@ -10,9 +10,8 @@ from sila_jax import backbones
 from sila_jax import conv
 from sila_jax import distributed
 from sila_jax import dynamic_conv
-from sila_jax import heads
 from sila_jax import input_pipeline
-from sila_jax import losses
+from sila_jax import methods
 from sila_jax import model as model_lib
 from sila_jax import optimizer
 from sila_jax import parallel
@@ -65,16 +64,12 @@ RULES = {
     **dict.fromkeys(('batch_size', 'eval_batch_size', 'num_classes', 'image_size',
                      'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
                      'num_runs', 'loss_scale', 'optimizer.learning_rate',
-                     'optimizer.lr_decay_factor', 'sila.temperature',
-                     'dynamic.num_kernels', 'dynamic.tau_start', 'dml.num_peers',
+                     'optimizer.lr_decay_factor', 'dynamic.num_kernels', 'dynamic.tau_start', 'dml.num_peers',
                      'dml.temperature'), _POSITIVE),
-    **dict.fromkeys(('num_epochs', 'sila.weight', 'sila.kl_weight', 'dml.weight',
+    **dict.fromkeys(('num_epochs', 'dml.weight',
                      'optimizer.weight_decay', 'optimizer.warmup_epochs',
                      'dynamic.tau_epochs'), _NON_NEGATIVE),
     **dict.fromkeys(('label_smoothing', 'dropout_rate', 'optimizer.momentum'), _FRACTION),
-    'sila.num_heads': (lambda v: 0 < v <= heads.MAX_SIAMESE_HEADS,
-                       f'must be in 1..{heads.MAX_SIAMESE_HEADS} (each head is a module of its '
-                       'own, so building the model takes time in proportion to their number)'),
     'width': (lambda v: v > 1 / 32, 'must be more than 1/32, so that 16-channel layers keep '
                                     'a channel'),
     'eval_every_steps': (lambda v: v >= -1,
@@ -87,6 +82,8 @@ RULES = {
     'optimizer.lr_boundaries': (
         lambda t: _numbers(t) and all(a < b for a, b in zip((0, *t), (*t, 1))),
         'must be increasing fractions of the run, in (0, 1)'),
+    # Each method's own fields (methods.base.Method.rules).
+    **{path: rule for method in methods.METHODS.values() for path, rule in method.rules.items()},
 }
 IMAGE_SIZES = {'cifar10': 32, 'cifar100': 32}  # Datasets whose images have one size.
 
@@ -119,8 +116,8 @@ def _rule_problems(path: str, value: Any, where: str = '') -> Iterator[str]:
 
 def _value_problems(config: ml_collections.ConfigDict, num_devices: int,
                     num_processes: int) -> Iterator[str]:
-  choices = {'model': backbones.BACKBONES, 'dataset': input_pipeline.DATASETS,
-             'sila.variant': losses.VARIANTS, 'sila.head': heads.HEAD_TYPES,
+  choices = {'method': methods.METHODS, 'model': backbones.BACKBONES,
+             'dataset': input_pipeline.DATASETS,
              'optimizer.schedule': optimizer.SCHEDULES, 'parallel': parallel.KINDS,
              'distributed': distributed.MODES, 'dtype': model_lib.DTYPES,
              'kernels.peer_conv': ('auto', *conv.FORMS),
@@ -136,15 +133,8 @@ def _value_problems(config: ml_collections.ConfigDict, num_devices: int,
   if config.dml.models and len(config.dml.models) != config.dml.num_peers:
     yield (f'dml.models names {len(config.dml.models)} models but dml.num_peers is '
            f'{config.dml.num_peers}; give one model per peer.')
-  try:
-    stage = heads.parse_attach(config.sila.attach)
-  except ValueError as e:
-    yield str(e)
-  else:
-    for name in dict.fromkeys(tuple(config.dml.models) or (config.model,)):
-      if stage is not None and name in backbones.BACKBONES and stage >= backbones.num_stages(name):
-        yield (f'sila.attach={config.sila.attach!r}, but {name} has stages 1..'
-               f'{backbones.num_stages(name)}.')
+  if config.method in methods.METHODS:
+    yield from methods.METHODS[config.method].problems(config)
 
   for path in RULES:
     yield from _rule_problems(path, get_field(config, path))
@@ -152,9 +142,6 @@ def _value_problems(config: ml_collections.ConfigDict, num_devices: int,
     profiled_steps(config.profile_steps)
   except ConfigError as e:
     yield str(e)
-  if config.sila.rescale_backbone_grad and config.sila.variant != 'twin':
-    yield (f"sila.rescale_backbone_grad applies to the twin variant, not "
-           f"{config.sila.variant!r}: joint heads share one softmax and add no step.")
   size = IMAGE_SIZES.get(config.dataset)
   if size and config.image_size != size:
     yield (f'image_size must be {size} for dataset={config.dataset} (its images are '

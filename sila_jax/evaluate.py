@@ -19,6 +19,7 @@ from sila_jax import checkpoint
 from sila_jax import config_checks
 from sila_jax import export as export_lib
 from sila_jax import input_pipeline
+from sila_jax import methods
 from sila_jax import metrics
 from sila_jax import model as model_lib
 from sila_jax import parallel
@@ -28,19 +29,18 @@ from sila_jax import runs
 from sila_jax.parallel import AXIS
 
 
-def make_eval_step(groups: tuple[peers.Group, ...]):
+def make_eval_step(method: methods.Method):
   """Jitted (variables, batch, attention_temperature) -> sums over real examples: 'count',
   and 'loss' and 'correct' of peer 0 (the deployed model), of each peer under metrics.PEERS,
-  (K,), and of the ensemble under metrics.ENSEMBLE where peers.predictions has one.
+  (K,), and of the ensemble under metrics.ENSEMBLE where method.predictions has one.
 
-  variables: as in peers.apply; batch: {'image': (B, H, W, 3), 'label': (B,), 'mask': (B,)
+  variables: method.deployable's; batch: {'image': (B, H, W, 3), 'label': (B,), 'mask': (B,)
   bool}; attention_temperature: the attention temperature of dynamic convolutions (ignored
   by static models).
   """
   @jax.jit
   def eval_step(variables, batch, attention_temperature):
-    logits, _, _ = peers.apply(groups, variables, batch['image'], train=False,
-                               attention_temperature=attention_temperature)
+    predictions = method.predictions(variables, batch['image'], attention_temperature)
     mask, labels = batch['mask'], batch['label']
 
     def sums(scores):  # (..., B, C) -> {'loss': (...), 'correct': (...)}
@@ -48,7 +48,7 @@ def make_eval_step(groups: tuple[peers.Group, ...]):
           scores, jnp.broadcast_to(labels, scores.shape[:-1]))
       correct = jnp.argmax(scores, -1) == labels
       return {'loss': jnp.sum(nll * mask, axis=-1), 'correct': jnp.sum(correct * mask, axis=-1)}
-    outputs = {branch: sums(scores) for branch, scores in peers.predictions(logits).items()}
+    outputs = {branch: sums(scores) for branch, scores in predictions.items()}
     peer_sums = outputs[metrics.PEERS]
     return {'count': jnp.sum(mask), 'loss': peer_sums['loss'][0],
             'correct': peer_sums['correct'][0], **outputs}
@@ -102,10 +102,11 @@ def split_filename(split: str, prefix: str = 'eval') -> str:
   return prefix + '_' + re.sub(r'[^\w.-]+', '_', split).strip('_') + '.json'
 
 
-def make_main_branch_eval_step(config: ml_collections.ConfigDict):
-  """The eval step of `config`'s deployable models, every peer's, of every run (variables
-  (R, ...), sums (R,)), on uint8 images normalised as `config` says."""
-  eval_step = make_eval_step(peers.create_groups(config, main_branch_only=True))
+def make_main_branch_eval_step(method: methods.Method):
+  """The eval step of the method's deployable models, every peer's, of every run (variables
+  (R, ...), sums (R,)), on uint8 images normalised as its config says."""
+  config = method.config
+  eval_step = make_eval_step(method)
   every_run = jax.vmap(eval_step, in_axes=(0, None, None))
 
   @jax.jit
@@ -115,10 +116,10 @@ def make_main_branch_eval_step(config: ml_collections.ConfigDict):
   return on_uint8_images
 
 
-def deployable_params(config: ml_collections.ConfigDict, variables: dict[str, Any]) -> int:
-  """Parameters of the model that ships: the main branch of run 0 (of its peer 0 in a DML
-  run); `variables` carry the run axis."""
-  variables = peers.peer_variables(config, peers.main_branch(runs.take(variables, 0)), 0)
+def deployable_params(method: methods.Method, variables: dict[str, Any]) -> int:
+  """Parameters of the model that ships: what run 0 (its peer 0 in a DML run) deploys;
+  `variables` carry the run axis."""
+  variables = peers.peer_variables(method.config, method.deployable(runs.take(variables, 0)), 0)
   return model_lib.count_params(variables['params'])
 
 
@@ -137,15 +138,16 @@ class Evaluator:
     data = input_pipeline.load_eval_shard(config, split,
                                           config.eval_batch_size // jax.process_count())
     self._batches = EvalBatches(data, self._mesh, config.on_device)
-    self._step = make_main_branch_eval_step(config)
+    self.method = methods.create(config)
+    self._step = make_main_branch_eval_step(self.method)
 
   def run(self, variables: dict[str, Any], attention_temperature: float = 1.0,
           diverged_steps: Any = None) -> dict[str, float]:
-    """`evaluate`'s metrics of `variables` ({'params', 'batch_stats'} with the run axis; any
-    Siamese heads are left out) on the split."""
+    """`evaluate`'s metrics of `variables` ({'params', 'batch_stats'} with the run axis; the
+    method's branches are left out) on the split."""
     with progress.Progress(f'eval {self.split}', len(self._batches), unit='batch',
                            leave=False) as bar:
-      return evaluate(self._step, peers.main_branch(variables), bar.track(self._batches),
+      return evaluate(self._step, self.method.deployable(variables), bar.track(self._batches),
                       self._mesh, attention_temperature, diverged_steps)
 
 
@@ -154,8 +156,10 @@ def _evaluate_and_write(config: ml_collections.ConfigDict, split: str,
                         path: str, diverged_steps: Any = None) -> dict[str, Any]:
   """The Evaluator's metrics of `variables` (run axis first) on `split`, with split,
   num_params and step; process 0 writes them to `path`, whole or not at all."""
-  result = Evaluator(config, split).run(variables, attention_temperature, diverged_steps)
-  result.update(split=split, num_params=deployable_params(config, variables), step=step)
+  evaluator = Evaluator(config, split)
+  result = evaluator.run(variables, attention_temperature, diverged_steps)
+  result.update(split=split, num_params=deployable_params(evaluator.method, variables),
+                step=step)
   if jax.process_index() == 0:
     metrics.write_atomically(path, json.dumps(result, indent=2))
   return result
@@ -165,7 +169,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, split: str
                      which: str = checkpoint.LATEST) -> dict[str, Any]:
   """Evaluates `workdir`'s latest (or, which='best', best) checkpoint on `split`.
 
-  Builds the plain model (no Siamese heads), restores only its parameters and writes
+  Builds the plain model (no branch of the method), restores only its parameters and writes
   <workdir>/eval_<split>.json (best: best_<split>.json) with accuracy, loss,
   num_examples, num_params and step. A DML run adds peer_<i>/accuracy, peer_<i>/loss and
   ensemble/accuracy, ensemble/loss; accuracy and loss are peer 0's, num_params one peer's
@@ -178,7 +182,7 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, split: str
   config_checks.check_config(config, jax.device_count())
   split = split or config.eval_split
   meta, variables = checkpoint.restore_main_branch(
-      workdir, config, peers.deployable_abstract(config), which)
+      workdir, config, methods.create(config).deployable_abstract(), which)
   return _evaluate_and_write(config, split, variables, meta['attention_temperature'],
                              meta['step'], os.path.join(workdir, split_filename(
                                  split, 'best' if which == checkpoint.BEST else 'eval')),

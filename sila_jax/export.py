@@ -1,7 +1,7 @@
 """Inference export: the main branch's variables plus the description of the plain model.
 
 <export_dir>/variables.msgpack holds {'params', 'batch_stats'} of {backbone, head} only
-(no Siamese heads, no optimizer state); <export_dir>/model.json holds the config fields
+(none of the method's branches, no optimizer state); <export_dir>/model.json holds the config fields
 that rebuild the plain model and prepare its input, and a digest of the variables file.
 """
 import dataclasses
@@ -19,6 +19,7 @@ import ml_collections
 from sila_jax.configs import default
 from sila_jax import checkpoint
 from sila_jax import config_checks
+from sila_jax import methods
 from sila_jax import model as model_lib
 from sila_jax import peers
 from sila_jax import runs
@@ -55,7 +56,7 @@ def export(config: ml_collections.ConfigDict, workdir: str, export_dir: str,
     raise ConfigError(f'run={run}, but the config has num_runs={config.num_runs}: runs '
                       f'0..{config.num_runs - 1}.')
   meta, variables = checkpoint.restore_main_branch(
-      workdir, config, peers.deployable_abstract(config), which)
+      workdir, config, methods.create(config).deployable_abstract(), which)
   variables = peers.peer_variables(config, runs.take(variables, run), peer)
   peer_config = peers.peer_config(runs.run_config(config, run), peer)
   payload = flax.serialization.msgpack_serialize(variables)
@@ -85,7 +86,7 @@ def export(config: ml_collections.ConfigDict, workdir: str, export_dir: str,
 def load_export(export_dir: str) -> Export:
   """Reads an export back and checks the variables against their digest.
 
-  Its config is configs/default.py with the export's model fields and SiLa off; a field an
+  Its config is configs/default.py with the export's model fields and method 'plain'; a field an
   older export lacks (such as `dtype`) keeps its default.
   """
   try:
@@ -101,6 +102,6 @@ def load_export(export_dir: str) -> Export:
   config = default.get_config()
   config.update_from_flattened_dict({k: tuple(v) if isinstance(v, list) else v
                                      for k, v in description['model'].items()})
-  config.sila.enabled = False
+  config.method = 'plain'  # What ships is the plain classifier, whatever trained it.
   return Export(config, flax.serialization.msgpack_restore(payload), description['step'],
                 description['attention_temperature'])

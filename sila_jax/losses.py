@@ -6,9 +6,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-VARIANTS = ('twin', 'joint')
-
-
 def smooth_labels(labels: jax.Array, num_classes: int, smoothing: float) -> jax.Array:
   """Integer labels (B,) -> smoothed one-hot targets (B, C)."""
   one_hot = jax.nn.one_hot(labels, num_classes)
@@ -41,35 +38,38 @@ def joint_loss(logits, siamese_logits, targets, weight):
   return optax.softmax_cross_entropy(joint_logits, joint_targets / sum(copy_weights))
 
 
+def plain_loss(logits, labels, *, label_smoothing=0.0):
+  """Mean cross-entropy of logits (B, C) against integer labels (B,), smoothed:
+  (loss, {'loss': loss, 'loss_main': loss})."""
+  targets = smooth_labels(labels, logits.shape[-1], label_smoothing)
+  loss = jnp.mean(optax.softmax_cross_entropy(logits, targets))
+  return loss, {'loss': loss, 'loss_main': loss}
+
+
+VARIANTS = {'twin': twin_loss, 'joint': joint_loss}  # sila.variant -> per-example loss.
+
+
 def sila_loss(logits, siamese_logits, labels, *, variant='twin', weight=1.0, kl_weight=0.0,
               temperature=1.0, label_smoothing=0.0):
   """Mean SiLa loss over the batch and its parts.
 
   Args:
     logits: main-head logits (B, C).
-    siamese_logits: Siamese-head logits (K, B, C), or None for plain training.
+    siamese_logits: Siamese-head logits (K, B, C).
     labels: integer labels (B,).
+    variant: a VARIANTS key (config checks reject others).
   Returns:
     (loss, metrics): a scalar, and a dict of scalars: `loss_main` (main-head CE),
-    and with Siamese heads `loss_siamese` (mean CE over heads) and `loss_kl`.
+    `loss_siamese` (mean CE over heads) and `loss_kl`.
   """
   targets = smooth_labels(labels, logits.shape[-1], label_smoothing)
-  main = optax.softmax_cross_entropy(logits, targets)
-  if siamese_logits is None:
-    loss = jnp.mean(main)
-    return loss, {'loss': loss, 'loss_main': loss}
-  if variant == 'twin':
-    per_example = twin_loss(logits, siamese_logits, targets, weight)
-  elif variant == 'joint':
-    per_example = joint_loss(logits, siamese_logits, targets, weight)
-  else:
-    raise ValueError(f'Unknown sila.variant {variant!r}; choose one of {VARIANTS}.')
+  per_example = VARIANTS[variant](logits, siamese_logits, targets, weight)
   kl = jnp.sum(kl_divergence(siamese_logits, logits[None], temperature)
                + kl_divergence(logits[None], siamese_logits, temperature), axis=0)
   loss = jnp.mean(per_example + kl_weight * kl)
   return loss, {
       'loss': loss,
-      'loss_main': jnp.mean(main),
+      'loss_main': jnp.mean(optax.softmax_cross_entropy(logits, targets)),
       'loss_siamese': jnp.mean(optax.softmax_cross_entropy(siamese_logits, targets)),
       'loss_kl': jnp.mean(kl),
   }

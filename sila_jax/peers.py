@@ -12,6 +12,7 @@ variables {'params': (group_0 (n_0, ...), ...), 'batch_stats': (...)}; a single 
 import itertools
 from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -19,9 +20,8 @@ import ml_collections
 from sila_jax import losses
 from sila_jax import metrics
 from sila_jax import model as model_lib
-from sila_jax import runs
 
-Group = tuple[model_lib.SilaClassifier, int]  # A model and how many peers run it.
+Group = tuple[nn.Module, int]  # A model and how many peers run it.
 
 
 def peer_models(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -55,14 +55,14 @@ def group_sizes(config: ml_collections.ConfigDict) -> tuple[int, ...]:
   return tuple(len(list(run)) for _, run in itertools.groupby(peer_models(config)))
 
 
-def create_groups(config: ml_collections.ConfigDict, *, main_branch_only: bool = False,
-                  bn_axis_name: str | None = None) -> tuple[Group, ...]:
-  """(model, number of peers) for each run of equal models, in peer order."""
+def create_groups(config: ml_collections.ConfigDict,
+                  create_model: Callable[[ml_collections.ConfigDict], nn.Module]
+                  ) -> tuple[Group, ...]:
+  """(model, number of peers) for each run of equal models, in peer order; create_model:
+  a peer's config (peer_config) -> its model."""
   groups, first = [], 0
   for size in group_sizes(config):
-    groups.append((model_lib.create_model(peer_config(config, first),
-                                          main_branch_only=main_branch_only,
-                                          bn_axis_name=bn_axis_name), size))
+    groups.append((create_model(peer_config(config, first)), size))
     first += size
   return tuple(groups)
 
@@ -102,51 +102,45 @@ def abstract_variables(groups: tuple[Group, ...], image_size: int) -> dict[str, 
                                                (image_size, image_size, 3)))
 
 
-def deployable_abstract(config: ml_collections.ConfigDict) -> dict[str, tuple[Any, ...]]:
-  """What evaluation and export read of a checkpoint: every run's peers' main branches, as
-  jax.ShapeDtypeStruct leaves (R, n_g, ...); computes nothing."""
-  return runs.stack_abstract(abstract_variables(create_groups(config, main_branch_only=True),
-                                                config.image_size), config.num_runs)
-
-
 def apply(groups: tuple[Group, ...], variables: dict[str, tuple[Any, ...]], images: jax.Array,
           *, train: bool, rng: jax.Array | None = None,
-          attention_temperature: jax.Array | float = 1.0,
-          backbone_grad_scale: jax.Array | float = 1.0
-          ) -> tuple[jax.Array, jax.Array | None, tuple[Any, ...] | None]:
+          attention_temperature: jax.Array | float = 1.0, **model_inputs: jax.Array
+          ) -> tuple[jax.Array, Any, tuple[Any, ...] | None]:
   """Every peer on `images`.
 
   Args:
+    groups: models (images, train, attention_temperature, **model_inputs) -> (logits
+      (B, C), branch outputs: a pytree of arrays, or None), as methods.base.Method's.
     images: (B, H, W, 3) seen by every peer, or (B, K, H, W, 3), view k for peer k.
     rng: the dropout key, split over peers by peer_keys (training only).
     attention_temperature: the softmax temperature of dynamic convolutions' attention.
-    backbone_grad_scale: SilaClassifier's, for every peer.
+    model_inputs: the same for every peer (a method's, e.g. SiLa's backbone_grad_scale).
   Returns:
-    (logits (K, B, C), Siamese logits (K, S, B, C) or None, the groups' new BatchNorm
-    statistics when `train`, else None).
+    (logits (K, B, C), branch outputs with a leading peer axis (K, ...) or None, the
+    groups' new BatchNorm statistics when `train`, else None).
   """
   shared = images.ndim == 4
   keys = peer_keys(rng if rng is not None else jax.random.PRNGKey(0),
                    sum(size for _, size in groups))
-  logits, siamese, batch_stats, first = [], [], [], 0
+  logits, branches, batch_stats, first = [], [], [], 0
   for (model, size), params, stats in zip(groups, variables['params'],
                                           variables['batch_stats']):
     def apply_one(params, stats, key, images, model=model):
       outputs = model.apply({'params': params, 'batch_stats': stats}, images, train=train,
-                            attention_temperature=attention_temperature,
-                            backbone_grad_scale=backbone_grad_scale, rngs={'dropout': key},
+                            attention_temperature=attention_temperature, **model_inputs,
+                            rngs={'dropout': key},
                             mutable=['batch_stats'] if train else False)
       return outputs if train else (outputs, None)
     views = images if shared else images[:, first:first + size]
-    (group_logits, group_siamese), updates = over_peers(
+    (group_logits, group_branches), updates = over_peers(
         apply_one, size, (0, 0, 0, None if shared else 1))(
             params, stats, keys[first:first + size], views)
     logits.append(group_logits)
-    siamese.append(group_siamese)
+    branches.append(group_branches)
     batch_stats.append(updates['batch_stats'] if train else None)
     first += size
-  siamese = None if siamese[0] is None else jnp.concatenate(siamese)
-  return jnp.concatenate(logits), siamese, tuple(batch_stats) if train else None
+  branches = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *branches)
+  return jnp.concatenate(logits), branches, tuple(batch_stats) if train else None
 
 
 def mimicry(logits: jax.Array, temperature: float) -> dict[str, jax.Array]:

@@ -29,6 +29,7 @@ from sila_jax import config_checks
 from sila_jax import distributed
 from sila_jax import evaluate as evaluate_lib
 from sila_jax import input_pipeline
+from sila_jax import methods
 from sila_jax import metrics as metrics_lib
 from sila_jax import model as model_lib
 from sila_jax import optimizer as optimizer_lib
@@ -72,7 +73,8 @@ class Plan:
 
 @dataclasses.dataclass(frozen=True)
 class Learner:
-  """What trains: the per-run update step and its initial state."""
+  """What trains: the method, its per-run update step and its initial state."""
+  method: methods.Method
   step_fn: Callable  # (state, batch, run) -> (state, metrics): train_step.make_train_step.
   initial_state: Callable[[], Any]  # () -> state with every leaf but `step` stacked (R, ...).
   attention_temperature: Callable[[int], float]  # step -> DynamicConv's attention temperature.
@@ -107,23 +109,20 @@ def plan_run(config: ml_collections.ConfigDict) -> Plan:
 
 
 def build_learner(config: ml_collections.ConfigDict, plan: Plan) -> Learner:
-  """The peers of `config` (one: a single model), their optimizer and per-run update step."""
+  """`config`'s method for its peers (one: a single model), their optimizer and per-run
+  update step."""
   schedule = optimizer_lib.learning_rate_schedule(config, plan.num_train_steps,
                                                   plan.steps_per_epoch)
   # The optimizer state's structure; each run's step builds the run's own (train_step).
   tx = optimizer_lib.create_optimizer(config, schedule)
-  attention_schedule = (
-      optimizer_lib.attention_temperature_schedule(config, plan.steps_per_epoch)
-      if any(map(model_lib.is_dynamic, peers.peer_models(config))) else None)
-  groups = peers.create_groups(config, bn_axis_name=parallel_lib.AXIS)
-  step_fn = train_step_lib.make_train_step(groups, schedule, config, attention_schedule)
-  create_state = functools.partial(train_step_lib.create_train_state, groups, tx)
+  method = methods.create(config, bn_axis_name=parallel_lib.AXIS,
+                          steps_per_epoch=plan.steps_per_epoch)
+  create_state = functools.partial(train_step_lib.create_train_state, method, tx)
   image_shape = (config.image_size, config.image_size, 3)
   return Learner(
-      step_fn=step_fn,
+      method=method, step_fn=train_step_lib.make_train_step(method, schedule, config),
       initial_state=lambda: runs.init(lambda key: create_state(key, image_shape), config),
-      attention_temperature=lambda step: (float(attention_schedule(step))
-                                          if attention_schedule else 1.0))
+      attention_temperature=lambda step: float(method.attention_temperature(step)))
 
 
 def describe_run(config: ml_collections.ConfigDict, plan: Plan, start_step: int) -> dict:
@@ -424,7 +423,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     logging.info('Parameters per run: %d in training, %d at test time; %d run(s).',
                  model_lib.count_params(runs.take(state.params, 0)),
                  evaluate_lib.deployable_params(
-                     config, {'params': state.params, 'batch_stats': state.batch_stats}),
+                     learner.method, {'params': state.params, 'batch_stats': state.batch_stats}),
                  config.num_runs)
     logging.info('Training steps %d..%d (%d per epoch), global batch %d on %d devices.',
                  start_step, plan.num_train_steps, plan.steps_per_epoch, config.batch_size,

@@ -14,11 +14,11 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
+from sila_jax import methods
 from sila_jax import metrics
 from sila_jax import model as model_lib
 from sila_jax import optimizer as optimizer_lib
 from sila_jax import parallel as parallel_lib
-from sila_jax import peers
 from sila_jax import runs
 from sila_jax import train_step as train_step_lib
 from sila_jax.configs import default
@@ -157,15 +157,15 @@ def assert_same_scalars(workdir):
 
 # The per-device step, driven by hand as train_and_evaluate drives it.
 
-def setup(config):
-  """(peer groups, tx, schedule, initial state of every run) for `config`, as
-  train_and_evaluate builds them."""
-  groups = peers.create_groups(config, bn_axis_name=AXIS)
+def setup(config, steps_per_epoch=None):
+  """(method, tx, schedule, initial state of every run) for `config`, as train_and_evaluate
+  builds them; `steps_per_epoch` anneals dynamic convolutions' attention temperature."""
+  method = methods.create(config, bn_axis_name=AXIS, steps_per_epoch=steps_per_epoch)
   schedule = optimizer_lib.learning_rate_schedule(config, 10, 5)
   tx = optimizer_lib.create_optimizer(config, schedule)
-  state = runs.init(lambda key: train_step_lib.create_train_state(groups, tx, key, (32, 32, 3)),
+  state = runs.init(lambda key: train_step_lib.create_train_state(method, tx, key, (32, 32, 3)),
                     config)
-  return groups, tx, schedule, state
+  return method, tx, schedule, state
 
 
 def one_run(step_fn, config):

@@ -7,6 +7,7 @@ import pytest
 
 from sila_jax import evaluate
 from sila_jax import export
+from sila_jax import methods
 from sila_jax import model as model_lib
 from sila_jax import optimizer as optimizer_lib
 from sila_jax import parallel as parallel_lib
@@ -32,14 +33,13 @@ def test_attention_temperature_anneals_linearly_to_one(dy_config):
 
 
 def annealed_step(config):
-  """(peer groups, schedule, initial state, step of every run) of a DY-ResNet-20 with two Siamese
-  heads at stage 2, its attention temperature annealed over 2 steps. The tests below build
-  the same program, which the session's compilation cache then compiles once."""
+  """(schedule, initial state, step of every run) of a DY-ResNet-20 with two Siamese heads at
+  stage 2, its attention temperature annealed over 2 steps. The tests below build the same
+  program, which the session's compilation cache then compiles once."""
   config.sila.update(num_heads=2, attach='stage2')
-  groups, _, schedule, state = setup(config)
-  tau = optimizer_lib.attention_temperature_schedule(config, steps_per_epoch=1)
-  step_fn = every_run(train_step_lib.make_train_step(groups, schedule, config, tau), config)
-  return groups, schedule, state, step_fn
+  method, _, schedule, state = setup(config, steps_per_epoch=1)
+  step_fn = every_run(train_step_lib.make_train_step(method, schedule, config), config)
+  return schedule, state, step_fn
 
 
 # One worker runs both, so that the second finds the first's compiled step in the cache.
@@ -49,7 +49,7 @@ SHARES_THE_STEP = pytest.mark.xdist_group('test_dynamic_training.annealed_step')
 @pytest.mark.slow
 @SHARES_THE_STEP
 def test_the_step_uses_the_attention_temperature_of_its_step_number(dy_config):
-  groups, schedule, state, step_fn = annealed_step(dy_config)
+  schedule, state, step_fn = annealed_step(dy_config)
   parallel = parallel_lib.ShardMapParallel(step_fn, jax.devices()[:1])
   annealed, metrics = run(parallel, state, batches(2))
   # Metrics of the one run.
@@ -61,7 +61,9 @@ def test_the_step_uses_the_attention_temperature_of_its_step_number(dy_config):
   chex.assert_trees_all_equal(resumed, annealed)
   # And the attention temperature matters: at a constant 1 the same steps end elsewhere.
   constant = parallel_lib.ShardMapParallel(
-      every_run(train_step_lib.make_train_step(groups, schedule, dy_config), dy_config),
+      every_run(train_step_lib.make_train_step(
+          methods.create(dy_config, bn_axis_name=parallel_lib.AXIS), schedule, dy_config),
+          dy_config),
       jax.devices()[:1])
   unannealed, _ = run(constant, state, batches(2))
   assert not np.allclose(unannealed.params[0]['backbone']['DynamicConv_0']['kernel'],
@@ -71,7 +73,7 @@ def test_the_step_uses_the_attention_temperature_of_its_step_number(dy_config):
 @pytest.mark.slow
 @SHARES_THE_STEP
 def test_dy_resnet_with_sila_on_eight_devices_matches_one(dy_config):
-  _, _, state, step_fn = annealed_step(dy_config)
+  _, state, step_fn = annealed_step(dy_config)
   data = batches(1)
   one_state, one_metrics = run(parallel_lib.ShardMapParallel(step_fn, jax.devices()[:1]),
                                state, data)

@@ -14,10 +14,10 @@ import pytest
 
 from sila_jax import checkpoint
 from sila_jax import evaluate
+from sila_jax import methods
 from sila_jax import metrics
 from sila_jax import optimizer as optimizer_lib
 from sila_jax import train
-from sila_jax import peers
 from sila_jax import runs
 from sila_jax import train_step as train_step_lib
 from sila_jax.errors import CheckpointError, NonFiniteLossError
@@ -180,7 +180,7 @@ def other_model_checkpoint(folder_config, workdir):
   other.model = 'resnet32'
   tx = optimizer_lib.create_optimizer(other, optimizer_lib.learning_rate_schedule(other, 3, 3))
   state = runs.init(lambda key: train_step_lib.create_train_state(
-      peers.create_groups(other), tx, key, (32, 32, 3)), other)
+      methods.create(other), tx, key, (32, 32, 3)), other)
   manager = checkpoint.create_manager(workdir)
   checkpoint.save(manager, state, other)
   manager.wait_until_finished()

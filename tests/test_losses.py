@@ -68,15 +68,10 @@ def test_label_smoothing_applies_to_every_term():
   np.testing.assert_allclose(loss, expected.mean(), rtol=1e-6)
 
 
-def test_without_siamese_heads_the_loss_is_plain_cross_entropy():
-  loss, metrics = losses.sila_loss(LOGITS, None, LABELS)
+def test_plain_loss_is_cross_entropy():
+  loss, metrics = losses.plain_loss(LOGITS, LABELS)
   np.testing.assert_allclose(loss, hand_ce(LOGITS, LABELS).mean(), rtol=1e-6)
   assert set(metrics) == {'loss', 'loss_main'}
-
-
-def test_unknown_variant_is_rejected():
-  with pytest.raises(ValueError, match="variant 'double'"):
-    losses.sila_loss(LOGITS, SIAMESE, LABELS, variant='double')
 
 
 @pytest.mark.slow

@@ -13,8 +13,8 @@ from sila_jax import checkpoint
 from sila_jax import evaluate
 from sila_jax import export
 from sila_jax import losses
+from sila_jax import methods
 from sila_jax import metrics
-from sila_jax import model as model_lib
 from sila_jax import optimizer as optimizer_lib
 from sila_jax import parallel as parallel_lib
 from sila_jax import peers
@@ -30,12 +30,13 @@ def dml_config(tiny_config):
 
 
 def peer_setup(config):
-  """(groups, tx, schedule, initial peer state) as train_and_evaluate builds them."""
-  groups = peers.create_groups(config, bn_axis_name=parallel_lib.AXIS)
+  """(method, schedule, initial peer state) as train_and_evaluate builds them; dynamic
+  convolutions anneal over 5 steps."""
+  method = methods.create(config, bn_axis_name=parallel_lib.AXIS, steps_per_epoch=5)
   schedule = optimizer_lib.learning_rate_schedule(config, 10, 5)
   tx = optimizer_lib.create_optimizer(config, schedule)
-  state = train_step_lib.create_train_state(groups, tx, jax.random.PRNGKey(0), (32, 32, 3))
-  return groups, tx, schedule, state
+  state = train_step_lib.create_train_state(method, tx, jax.random.PRNGKey(0), (32, 32, 3))
+  return method, schedule, state
 
 
 def peer_state(state, peer):
@@ -74,7 +75,7 @@ def test_mimicry_gradient_reaches_only_the_peer_itself():
 
 @pytest.mark.slow
 def test_a_peers_objective_sends_no_gradient_into_another_peer(dml_config):
-  groups = peers.create_groups(dml_config)  # No data axis: BatchNorm over this batch alone.
+  groups = methods.create(dml_config).groups  # No data axis: BatchNorm over this batch alone.
   variables = peers.init_variables(groups, jax.random.PRNGKey(0), (32, 32, 3))
   batch = batches(1)[0]
 
@@ -97,17 +98,15 @@ def test_a_peers_objective_sends_no_gradient_into_another_peer(dml_config):
 def test_vmapped_peers_without_mimicry_train_like_separate_models(dml_config, model):
   dml_config.model = model
   dml_config.dml.weight = 0.0
-  groups, tx, schedule, state = peer_setup(dml_config)
+  method, schedule, state = peer_setup(dml_config)
   devices = jax.devices()[:1]
-  tau = (optimizer_lib.attention_temperature_schedule(dml_config, 5)
-         if model_lib.is_dynamic(model) else None)
   data = batches(2, size=8)
   together, _ = run(parallel_lib.ShardMapParallel(one_run(train_step_lib.make_train_step(
-      groups, schedule, dml_config, tau), dml_config), devices), state, data)
-  single = peers.create_groups(peers.peer_config(dml_config, 0),
-                               bn_axis_name=parallel_lib.AXIS)
+      method, schedule, dml_config), dml_config), devices), state, data)
+  single = methods.create(peers.peer_config(dml_config, 0), bn_axis_name=parallel_lib.AXIS,
+                          steps_per_epoch=5)
   alone = parallel_lib.ShardMapParallel(
-      one_run(train_step_lib.make_train_step(single, schedule, dml_config, tau), dml_config),
+      one_run(train_step_lib.make_train_step(single, schedule, dml_config), dml_config),
       devices)
   for peer in (0, 1):
     expected, _ = run(alone, peer_state(state, peer), data)
@@ -120,7 +119,7 @@ def test_vmapped_peers_without_mimicry_train_like_separate_models(dml_config, mo
 def test_peer_outputs_and_state_shapes(tiny_config):
   tiny_config.dml.update(num_peers=3, models=('resnet20', 'wrn16_4', 'wrn16_4'))
   tiny_config.sila.num_heads = 2
-  groups = peers.create_groups(tiny_config)
+  groups = methods.create(tiny_config).groups
   assert [size for _, size in groups] == [1, 2]
   variables = peers.abstract_variables(groups, 32)
   chex.assert_shape(variables['params'][0]['head']['Dense_0']['kernel'], (1, 16, 10))
@@ -143,8 +142,8 @@ def test_peer_outputs_and_state_shapes(tiny_config):
 def test_eight_devices_match_one(dml_config, kind):
   dml_config.sila.update(num_heads=2, kl_weight=0.5)
   dml_config.dml.temperature = 2.0
-  groups, tx, schedule, state = peer_setup(dml_config)
-  step_fn = one_run(train_step_lib.make_train_step(groups, schedule, dml_config), dml_config)
+  method, schedule, state = peer_setup(dml_config)
+  step_fn = one_run(train_step_lib.make_train_step(method, schedule, dml_config), dml_config)
   data = batches(1)
   one_state, one_metrics = run(parallel_lib.create_parallel(kind, step_fn, jax.devices()[:1]),
                                state, data)
@@ -158,11 +157,12 @@ def test_eight_devices_match_one(dml_config, kind):
 
 
 def test_ensemble_is_the_mean_of_the_peers_probabilities(dml_config):
-  groups = peers.create_groups(dml_config, main_branch_only=True)
+  method = methods.create(dml_config)
+  groups = method.deployable_groups
   variables = peers.init_variables(groups, jax.random.PRNGKey(1), (32, 32, 3))
   batch = batches(1)[0]
   batch['mask'] = np.arange(16) < 12  # The last 4 rows are padding.
-  sums = metrics.flatten(jax.device_get(evaluate.make_eval_step(groups)(variables, batch, 1.0)))
+  sums = metrics.flatten(jax.device_get(evaluate.make_eval_step(method)(variables, batch, 1.0)))
   logits, _, _ = jax.jit(lambda v, x: peers.apply(groups, v, x, train=False))(variables,
                                                                              batch['image'])
   probs = np.asarray(jax.nn.softmax(logits))

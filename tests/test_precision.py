@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from sila_jax import export
+from sila_jax import methods
 from sila_jax import model as model_lib
 from sila_jax import optimizer as optimizer_lib
 from sila_jax import parallel as parallel_lib
-from sila_jax import peers
 from sila_jax import train_step as train_step_lib
 from sila_jax.batch_norm import BatchNorm
 from tests.helpers import one_run
@@ -30,12 +30,12 @@ def floating_dtypes(tree):
 def test_bfloat16_step_keeps_float32_parameters_statistics_optimizer_state_and_loss(
     tiny_config):
   tiny_config.update(dtype='bfloat16', batch_size=8)
-  groups = peers.create_groups(tiny_config, bn_axis_name=parallel_lib.AXIS)
+  method = methods.create(tiny_config, bn_axis_name=parallel_lib.AXIS)
   schedule = optimizer_lib.learning_rate_schedule(tiny_config, 10, 5)
   tx = optimizer_lib.create_optimizer(tiny_config, schedule)
-  state = train_step_lib.create_train_state(groups, tx, jax.random.PRNGKey(0), (32, 32, 3))
+  state = train_step_lib.create_train_state(method, tx, jax.random.PRNGKey(0), (32, 32, 3))
   parallel = parallel_lib.ShardMapParallel(
-      one_run(train_step_lib.make_train_step(groups, schedule, tiny_config), tiny_config),
+      one_run(train_step_lib.make_train_step(method, schedule, tiny_config), tiny_config),
       jax.devices()[:1])
   rng = np.random.default_rng(0)
   batch = {'image': rng.normal(size=(8, 32, 32, 3)).astype(np.float32),

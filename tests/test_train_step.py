@@ -7,18 +7,17 @@ import optax
 import pytest
 
 from sila_jax import collectives
-from sila_jax import model as model_lib
 from sila_jax import optimizer as optimizer_lib
 from sila_jax import parallel as parallel_lib
 from sila_jax import train_step as train_step_lib
 from tests.helpers import AXIS, batches, every_run, run, setup
 
 
-def single_model_step(model, schedule, config):
-  """The per-run step of one SilaClassifier with no peer axis and no vmap: the single-model
-  step this project had before a single model became one peer, which K = 1 must train bit
-  for bit."""
-  settings = train_step_lib._run_settings(config, schedule)
+def single_model_step(method, schedule, config):
+  """The per-run step of one model with no peer axis and no vmap, from the method's hooks:
+  the single-model step this project had before a single model became one peer, which K = 1
+  must train bit for bit."""
+  (model, _), = method.groups
 
   def step(state, batch, run):
     dropout_rng = train_step_lib._dropout_rng(state)
@@ -26,13 +25,14 @@ def single_model_step(model, schedule, config):
     def loss_and_aux(params):
       (logits, siamese_logits), updates = model.apply(
           {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
-          mutable=['batch_stats'], rngs={'dropout': dropout_rng},
-          backbone_grad_scale=settings['backbone_grad_scale'](run))
-      loss, metrics = settings['loss_fn'](logits, siamese_logits, batch['label'], run)
+          mutable=['batch_stats'], rngs={'dropout': dropout_rng}, **method.model_inputs(run))
+      loss, metrics = method.loss(logits, siamese_logits, batch['label'], run)
       return run['loss_scale'] * loss, (metrics, updates['batch_stats'])
     grads, (metrics, batch_stats) = jax.grad(loss_and_aux, has_aux=True)(state.params)
     grads, metrics = collectives.device_mean((grads, metrics), AXIS)
-    updates, opt_state = settings['optimizer'](run).update(grads, state.opt_state, state.params)
+    tx = optimizer_lib.create_optimizer(config, schedule, run['learning_rate'],
+                                        run['weight_decay'])
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
     return train_step_lib._finish(state, grads, optax.apply_updates(state.params, updates),
                                   batch_stats, opt_state, metrics)
   return step
@@ -48,17 +48,16 @@ def only_peer(tree):
 @pytest.mark.parametrize('sila', [False, True])
 def test_one_peer_trains_bit_for_bit_like_the_single_model_step(tiny_config, sila):
   tiny_config.sila.update(enabled=sila, num_heads=2, kl_weight=0.5)
-  groups, _, schedule, state = setup(tiny_config)
-  assert len(groups) == 1 and groups[0][1] == 1
+  method, _, schedule, state = setup(tiny_config)
+  assert len(method.groups) == 1 and method.groups[0][1] == 1
   alone = state.replace(**{field: only_peer(getattr(state, field))
                            for field in ('params', 'batch_stats', 'opt_state')})
   assert set(alone.params) == {'backbone', 'head', *(['siamese_heads'] if sila else [])}
-  model = model_lib.create_model(tiny_config, bn_axis_name=AXIS)
   devices = jax.devices()[:1]
   ours = parallel_lib.ShardMapParallel(every_run(
-      train_step_lib.make_train_step(groups, schedule, tiny_config), tiny_config), devices)
+      train_step_lib.make_train_step(method, schedule, tiny_config), tiny_config), devices)
   reference = parallel_lib.ShardMapParallel(
-      every_run(single_model_step(model, schedule, tiny_config), tiny_config), devices)
+      every_run(single_model_step(method, schedule, tiny_config), tiny_config), devices)
   data = batches(2)
   ours_state, ours_metrics = run(ours, state, data)
   ref_state, ref_metrics = run(reference, alone, data)
@@ -76,8 +75,8 @@ def two_head_step(config):
   consistency term: the program the tests below compile, on 1 and on 8 devices under each
   wrapper (the session's compilation cache compiles each once)."""
   config.sila.update(num_heads=2, attach='stage2', kl_weight=0.5)
-  groups, _, schedule, state = setup(config)
-  return state, every_run(train_step_lib.make_train_step(groups, schedule, config), config)
+  method, _, schedule, state = setup(config)
+  return state, every_run(train_step_lib.make_train_step(method, schedule, config), config)
 
 
 # One worker runs them, so that later ones find the programs of earlier ones in the cache.
@@ -137,27 +136,27 @@ def test_rescaled_twin_sila_with_agreeing_heads_steps_the_backbone_like_plain_tr
   # twice the plain gradient; rescaling halves it back. Doubling and halving are exact in
   # floating point, so one step must match plain training bit for bit.
   tiny_config.sila.update(attach='features', weight=1.0, rescale_backbone_grad=True)
-  groups, _, schedule, state = setup(tiny_config)
+  method, _, schedule, state = setup(tiny_config)
   (params,) = state.params
   state = state.replace(params=({**params, 'siamese_heads': {'head_0': params['head']}},))
   unrescaled_config = tiny_config.copy_and_resolve_references()
   unrescaled_config.sila.rescale_backbone_grad = False
   plain_config = tiny_config.copy_and_resolve_references()
   plain_config.sila.enabled = False
-  plain_groups, _, _, plain_state = setup(plain_config)
+  plain_method, _, _, plain_state = setup(plain_config)
   plain_state = plain_state.replace(
       params=({k: params[k] for k in ('backbone', 'head')},), batch_stats=state.batch_stats)
   devices = jax.devices()[:1]
   data = batches(1)
 
-  def one_step(step_groups, config, start):
-    step_fn = every_run(train_step_lib.make_train_step(step_groups, schedule, config), config)
+  def one_step(step_method, config, start):
+    step_fn = every_run(train_step_lib.make_train_step(step_method, schedule, config), config)
     return run(parallel_lib.ShardMapParallel(step_fn, devices), start, data)[0]
-  rescaled_state = one_step(groups, tiny_config, state)
-  plain_state = one_step(plain_groups, plain_config, plain_state)
+  rescaled_state = one_step(method, tiny_config, state)
+  plain_state = one_step(plain_method, plain_config, plain_state)
   chex.assert_trees_all_equal(rescaled_state.batch_stats, plain_state.batch_stats)
   (rescaled,), (plain,) = rescaled_state.params, plain_state.params
-  (unrescaled,) = one_step(groups, unrescaled_config, state).params
+  (unrescaled,) = one_step(method, unrescaled_config, state).params
   chex.assert_trees_all_equal(rescaled['backbone'], plain['backbone'])
   # The heads' own gradients are not rescaled. (The main head's matches plain training's to
   # rounding: its loss sums with the Siamese head's before the batch mean.)

@@ -31,6 +31,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.dynamic.tau_start = 30.0
   config.dynamic.tau_epochs = 10.0
 
+  # Method (sila_jax/methods/): 'sila' | 'plain'. Every method trains dml.num_peers peers.
+  config.method = 'sila'
+
   # SiLa (../shared/SILA.md). enabled=False is plain cross-entropy training. The defaults are
   # SiLa as SILA.md defines it: one twin head on the final features, lambda = 1, no KL. The
   # quarter-epoch CPU ablation (results/ablation/) decided nothing; the GPU campaign's

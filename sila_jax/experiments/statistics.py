@@ -5,10 +5,14 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from sila_jax import methods
+
 # What summary.csv gives the mean and std of per arm: the final validation, then the last
-# training record (runs.csv holds every 'val_' and 'train_' metric of each run).
+# training record, with every method's loss parts (runs.csv holds every 'val_' and 'train_'
+# metric of each run).
 SUMMARY_METRICS = ('val_accuracy', 'val_loss', 'train_loss', 'train_loss_main',
-                   'train_loss_siamese', 'train_loss_kl', 'train_accuracy')
+                   *dict.fromkeys(f'train_{name}' for method in methods.METHODS.values()
+                                  for name in method.metric_names), 'train_accuracy')
 
 
 def mean_and_std(values: list[float]) -> tuple[float, float]:

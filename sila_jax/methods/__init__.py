@@ -1,0 +1,30 @@
+"""Training methods, each one module implementing methods.base.Method.
+
+`config.method` names one of METHODS. Adding a method is adding its module, its line here,
+its config fields and its tests (docs/architecture.md).
+"""
+import ml_collections
+
+from sila_jax.methods.base import Method
+from sila_jax.methods.plain import Plain
+from sila_jax.methods.sila import Sila
+
+METHODS: dict[str, type[Method]] = {'plain': Plain, 'sila': Sila}
+
+
+def method_class(config: ml_collections.ConfigDict) -> type[Method]:
+  """The class `config` trains with: METHODS[config.method]; with sila.enabled=False SiLa is
+  plain training, as before config.method existed."""
+  if config.method == 'sila' and not config.sila.enabled:
+    return Plain
+  return METHODS[config.method]
+
+
+def create(config: ml_collections.ConfigDict, **kwargs) -> Method:
+  """`config`'s method for its peers; kwargs: Method's (bn_axis_name, steps_per_epoch)."""
+  return method_class(config)(config, **kwargs)
+
+
+def structure_fields(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The config fields that fix `config`'s training parameter tree beside the main branch."""
+  return ('method', *METHODS[config.method].structure_fields)

@@ -5,11 +5,11 @@
       [--budget_s S] --out FILE.jsonl
 
 Each cell trains R runs as one computation (config.num_runs = R, the run axis of
-sila_jax/runs.py) through the whole training loop, timed by benchmarks/throughput.py's
+sila_jax/training/runs.py) through the whole training loop, timed by benchmarks/throughput.py's
 `measure` (3 log intervals of `--steps` steps; the first holds the compilation), at
 `--batch_size` images per run, with the run axis' convolutions in one form
 (config.kernels.peer_conv: 'sliced', one convolution per run, or 'grouped', one grouped
-convolution; sila_jax/conv.py). Its row, appended to FILE as soon as it is measured:
+convolution; sila_jax/models/conv.py). Its row, appended to FILE as soon as it is measured:
 device_kind, platform, jax, model, width, method, dtype, batch_size (per run), num_runs,
 peer_conv, step_ms, images_per_sec (of all runs together: R x batch / step time), compile_s,
 and steps and wall_s (the cell's whole time, from which later cells' cost is estimated).
@@ -41,10 +41,10 @@ import jax
 from absl import logging
 
 from benchmarks import throughput
-from sila_jax import cli
-from sila_jax import conv
-from sila_jax import input_pipeline
-from sila_jax import metrics
+from sila_jax.commands import cli
+from sila_jax.data import input_pipeline
+from sila_jax.models import conv
+from sila_jax.training import metrics
 
 # What identifies a cell in FILE: a row with the same values is not measured again.
 KEY = ('device_kind', 'model', 'width', 'method', 'dtype', 'batch_size', 'num_runs',

@@ -43,7 +43,7 @@ else
 fi
 python3 -c "
 import time, numpy as np
-from sila_jax import folder_data
+from sila_jax.data import folder_data
 t = time.perf_counter()
 source = folder_data.FolderSource('$data', 'train', 32)
 source.read(np.arange(source.num_examples))
@@ -72,7 +72,7 @@ train_run() {  # name, then overrides
       --config.data_dir="$data" "${split_args[@]}" "$@" 2>>"$work/$name.log" >/dev/null
   python3 - "$name" "$workdir" "$wall" "$device" "$@" <<'PY' | tee -a "$out_dir/training.jsonl"
 import glob, json, sys
-from sila_jax import metrics
+from sila_jax.training import metrics
 name, workdir, wall, device, *overrides = sys.argv[1:]
 evaluation = json.load(open(glob.glob(f'{workdir}/eval_*.json')[0]))
 train = metrics.read(workdir, metrics.TRAIN)

@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from sila_jax import metrics
+from sila_jax.training import metrics
 
 
 def _lines(path: str) -> list[dict]:

@@ -11,14 +11,14 @@ import argparse
 import jax
 
 from benchmarks import timing
-from sila_jax.configs import default
 from sila_jax import methods
-from sila_jax import model as model_lib
-from sila_jax import optimizer as optimizer_lib
-from sila_jax import parallel as parallel_lib
-from sila_jax import peers
-from sila_jax import runs
-from sila_jax import train_step as train_step_lib
+from sila_jax.configs import default
+from sila_jax.methods import peers
+from sila_jax.models import model as model_lib
+from sila_jax.training import optimizer as optimizer_lib
+from sila_jax.training import parallel as parallel_lib
+from sila_jax.training import runs
+from sila_jax.training import train_step as train_step_lib
 
 
 def measure(name: str, batch_size: int, steps: int, width: float) -> dict[str, float]:

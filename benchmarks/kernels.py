@@ -24,8 +24,8 @@ import numpy as np
 
 from benchmarks import timing
 from sila_jax.configs import default
-from sila_jax import conv
-from sila_jax import dynamic_conv
+from sila_jax.models import conv
+from sila_jax.models import dynamic_conv
 
 WARM_UP = 2
 SETTINGS = dict(window_strides=(1, 1), padding=[(1, 1), (1, 1)],

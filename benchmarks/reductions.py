@@ -16,7 +16,7 @@ import jax
 
 from benchmarks import timing
 from sila_jax.configs import default
-from sila_jax import collectives
+from sila_jax.training import collectives
 
 
 def main():

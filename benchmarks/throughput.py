@@ -24,11 +24,11 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from sila_jax.commands import cli
 from sila_jax.configs import default
-from sila_jax import cli
-from sila_jax import input_pipeline
-from sila_jax import metrics
-from sila_jax import train
+from sila_jax.data import input_pipeline
+from sila_jax.training import metrics
+from sila_jax.training import train
 
 MODELS = ('resnet20', 'resnet56', 'resnet18', 'wrn16_4')
 METHODS = ('plain', 'sila', 'dml2')

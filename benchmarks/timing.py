@@ -6,10 +6,10 @@ import jax
 import numpy as np
 
 from sila_jax import methods
-from sila_jax import optimizer as optimizer_lib
-from sila_jax import parallel as parallel_lib
-from sila_jax import runs
-from sila_jax import train_step as train_step_lib
+from sila_jax.training import optimizer as optimizer_lib
+from sila_jax.training import parallel as parallel_lib
+from sila_jax.training import runs
+from sila_jax.training import train_step as train_step_lib
 
 
 def random_batch(batch_size: int, num_classes: int = 10) -> dict[str, np.ndarray]:

@@ -9,7 +9,7 @@
 # 2. Until DIR/throughput/<slug>.jsonl holds every cell of the sweep for this device kind,
 #    measures batched runs (benchmarks.batched_runs) in at most THROUGHPUT_SHARE of the budget.
 # 3. Trains the next unfinished computations of the campaign in what is left of the budget
-#    (python -m sila_jax.campaign; SIGTERM a little after it, should an estimate be short).
+#    (python -m sila_jax.experiments.campaign; SIGTERM a little after it, should an estimate be short).
 # 4. With $OUT set (the device tool's folder that comes back), packs DIR, work folders left
 #    out, into $OUT/campaign.tar.gz (paths from the checkout's root: `tar -xzf campaign.tar.gz`
 #    there restores it; only this call's files if the whole is over 15 MiB) and copies this
@@ -24,7 +24,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/device_env.sh  # Parses the arguments, sets up the machine.
-budget_s=${budget_s:-420}  # sila_jax.campaign.DEFAULT_BUDGET_S
+budget_s=${budget_s:-420}  # sila_jax.experiments.campaign.DEFAULT_BUDGET_S
 THROUGHPUT_SHARE=0.35
 GRACE_S=45  # After the campaign's own deadline: saving, summaries, tables.
 if [[ $quick == 1 ]]; then
@@ -101,7 +101,7 @@ if [[ $stopping == 0 ]]; then
   if [[ $quick == 1 ]]; then kind_args=(--device_kind "$device"); fi
   dry_args=()
   if [[ $dry_run == 1 ]]; then dry_args=(--dry_run) left=$budget_s; fi  # Calls of the whole.
-  in_background timeout -s TERM -k 20 $((left + GRACE_S)) python3 -m sila_jax.campaign \
+  in_background timeout -s TERM -k 20 $((left + GRACE_S)) python3 -m sila_jax.experiments.campaign \
       --out_dir "$out_dir" --campaign "$campaign" --budget_s "$left" \
       "${data_args[@]}" "${kind_args[@]}" "${dry_args[@]}" || status=$?
   if [[ $status == 124 ]]; then

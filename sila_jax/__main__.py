@@ -7,7 +7,7 @@ COMMANDS = {
     'train': ('sila_jax.commands.train', 'train a model (resumes an interrupted run)'),
     'eval': ('sila_jax.commands.eval', "evaluate a checkpoint's or an export's main branch"),
     'export': ('sila_jax.commands.export', 'export the main branch for inference'),
-    'plot': ('sila_jax.plot', 'draw loss and accuracy curves of run directories'),
+    'plot': ('sila_jax.experiments.plot', 'draw loss and accuracy curves of run directories'),
 }
 
 

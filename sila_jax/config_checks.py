@@ -5,18 +5,18 @@ from typing import Any, Iterator
 
 import ml_collections
 
-from sila_jax.configs import default
-from sila_jax import backbones
-from sila_jax import conv
-from sila_jax import distributed
-from sila_jax import dynamic_conv
-from sila_jax import input_pipeline
 from sila_jax import methods
-from sila_jax import model as model_lib
-from sila_jax import optimizer
-from sila_jax import parallel
-from sila_jax import runs
+from sila_jax.configs import default
+from sila_jax.data import input_pipeline
 from sila_jax.errors import ConfigError
+from sila_jax.models import backbones
+from sila_jax.models import conv
+from sila_jax.models import dynamic_conv
+from sila_jax.models import model as model_lib
+from sila_jax.training import distributed
+from sila_jax.training import optimizer
+from sila_jax.training import parallel
+from sila_jax.training import runs
 
 
 def field_paths(config: ml_collections.ConfigDict, prefix: str = '') -> Iterator[str]:
@@ -64,8 +64,8 @@ RULES = {
     **dict.fromkeys(('batch_size', 'eval_batch_size', 'num_classes', 'image_size',
                      'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
                      'num_runs', 'loss_scale', 'optimizer.learning_rate',
-                     'optimizer.lr_decay_factor', 'dynamic.num_kernels', 'dynamic.tau_start', 'dml.num_peers',
-                     'dml.temperature'), _POSITIVE),
+                     'optimizer.lr_decay_factor', 'dynamic.num_kernels', 'dynamic.tau_start',
+                     'dml.num_peers', 'dml.temperature'), _POSITIVE),
     **dict.fromkeys(('num_epochs', 'dml.weight',
                      'optimizer.weight_decay', 'optimizer.warmup_epochs',
                      'dynamic.tau_epochs'), _NON_NEGATIVE),
@@ -159,7 +159,7 @@ def _value_problems(config: ml_collections.ConfigDict, num_devices: int,
 
 def _run_problems(config: ml_collections.ConfigDict) -> Iterator[str]:
   """What is wrong with the number of runs and the per-run lists of config.runs
-  (sila_jax/runs.py)."""
+  (sila_jax/training/runs.py)."""
   models = config.num_runs * config.dml.num_peers
   if models > runs.MAX_MODELS:
     yield (f'num_runs x dml.num_peers is {models}, more than {runs.MAX_MODELS}: every run and '

@@ -15,13 +15,13 @@ import pytest
 from PIL import Image
 
 from sila_jax import methods
-from sila_jax import metrics
-from sila_jax import model as model_lib
-from sila_jax import optimizer as optimizer_lib
-from sila_jax import parallel as parallel_lib
-from sila_jax import runs
-from sila_jax import train_step as train_step_lib
 from sila_jax.configs import default
+from sila_jax.models import model as model_lib
+from sila_jax.training import metrics
+from sila_jax.training import optimizer as optimizer_lib
+from sila_jax.training import parallel as parallel_lib
+from sila_jax.training import runs
+from sila_jax.training import train_step as train_step_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AXIS = parallel_lib.AXIS  # The mesh axis the step and the tests' own shard_maps name.

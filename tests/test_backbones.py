@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from sila_jax import backbones
-from sila_jax import model as model_lib
+from sila_jax.models import backbones
+from sila_jax.models import model as model_lib
 
 # Published parameter counts (He et al. 2016; Zagoruyko & Komodakis 2016; ResNet-18 on CIFAR).
 PUBLISHED = {

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from sila_jax import conv
-from sila_jax import dynamic_conv
+from sila_jax.models import conv
+from sila_jax.models import dynamic_conv
 from tests.helpers import ROOT, xla_flags
 
 

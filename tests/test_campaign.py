@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from sila_jax import campaign
 from sila_jax.configs import campaign as campaign_config
+from sila_jax.experiments import campaign
 from sila_jax.experiments import planning
 from sila_jax.experiments import running
 from tests.helpers import ROOT, xla_flags
@@ -163,7 +163,7 @@ def test_bad_input_is_one_line_before_anything_compiles(tmp_path, case, message)
   arguments = {'no such file': ['--campaign', 'configs/no_such.py'],
                'no budget': ['--budget_s', '0'],
                'bad block': ['--campaign', str(bad)]}[case]
-  process = subprocess.run([sys.executable, '-m', 'sila_jax.campaign', '--out_dir',
+  process = subprocess.run([sys.executable, '-m', 'sila_jax.experiments.campaign', '--out_dir',
                             str(tmp_path / 'out'), *arguments], cwd=ROOT, env=ENV,
                            capture_output=True, text=True, timeout=120)
   assert process.returncode == 1

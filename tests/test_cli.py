@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from sila_jax import cli
 from sila_jax import config_checks
 from sila_jax import errors
+from sila_jax.commands import cli
 from sila_jax.errors import ConfigError
 from tests.helpers import ROOT
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, PartitionSpec as P
 
-from sila_jax import collectives
-from sila_jax.batch_norm import BatchNorm
+from sila_jax.models.batch_norm import BatchNorm
+from sila_jax.training import collectives
 from tests.helpers import AXIS
 
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import pytest
 from jax import lax
 
-from sila_jax import conv
+from sila_jax.models import conv
 
 SETTINGS = dict(window_strides=(2, 2), padding=[(1, 1), (1, 1)],
                 dimension_numbers=('NHWC', 'HWIO', 'NHWC'))

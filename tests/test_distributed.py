@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 
 from sila_jax import config_checks
-from sila_jax import distributed
-from sila_jax import input_pipeline
-from sila_jax import metrics
-from sila_jax import train
+from sila_jax.data import input_pipeline
 from sila_jax.errors import ConfigError
+from sila_jax.training import distributed
+from sila_jax.training import metrics
+from sila_jax.training import train
 from tests.helpers import (ROOT, largest_file, logged_steps, make_folder, saved_state, saved_steps,
                            xla_flags)
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from sila_jax import dynamic_conv
-from sila_jax import model as model_lib
+from sila_jax.models import dynamic_conv
+from sila_jax.models import model as model_lib
 
 K, C_IN, C_OUT = 4, 8, 6
 

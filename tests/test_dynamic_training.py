@@ -5,14 +5,14 @@ import jax
 import numpy as np
 import pytest
 
-from sila_jax import evaluate
-from sila_jax import export
 from sila_jax import methods
-from sila_jax import model as model_lib
-from sila_jax import optimizer as optimizer_lib
-from sila_jax import parallel as parallel_lib
-from sila_jax import train
-from sila_jax import train_step as train_step_lib
+from sila_jax.evaluation import evaluate
+from sila_jax.evaluation import export
+from sila_jax.models import model as model_lib
+from sila_jax.training import optimizer as optimizer_lib
+from sila_jax.training import parallel as parallel_lib
+from sila_jax.training import train
+from sila_jax.training import train_step as train_step_lib
 from tests.helpers import batches, every_run, plain_param_count, run, setup
 
 

@@ -2,8 +2,8 @@
 import csv
 
 
-from sila_jax import plot
 from sila_jax.configs.grids import smoke
+from sila_jax.experiments import plot
 from sila_jax.experiments import reports
 from sila_jax.experiments import statistics
 from tests.helpers import grid_of, record, records_of

@@ -6,13 +6,13 @@ import os
 
 import pytest
 
-from sila_jax import evaluate
-from sila_jax import export
-from sila_jax import metrics
-from sila_jax import runs
 from sila_jax.configs.grids import smoke
+from sila_jax.evaluation import evaluate
+from sila_jax.evaluation import export
 from sila_jax.experiments import planning
 from sila_jax.experiments import running
+from sila_jax.training import metrics
+from sila_jax.training import runs
 from tests.helpers import record
 
 

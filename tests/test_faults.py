@@ -12,15 +12,15 @@ import time
 import numpy as np
 import pytest
 
-from sila_jax import checkpoint
-from sila_jax import evaluate
 from sila_jax import methods
-from sila_jax import metrics
-from sila_jax import optimizer as optimizer_lib
-from sila_jax import train
-from sila_jax import runs
-from sila_jax import train_step as train_step_lib
 from sila_jax.errors import CheckpointError, NonFiniteLossError
+from sila_jax.evaluation import evaluate
+from sila_jax.training import checkpoint
+from sila_jax.training import metrics
+from sila_jax.training import optimizer as optimizer_lib
+from sila_jax.training import runs
+from sila_jax.training import train
+from sila_jax.training import train_step as train_step_lib
 from tests.helpers import (cli_overrides, largest_file, launch, logged_steps, make_folder,
                            make_tiny_config, saved_state, saved_steps)
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, PartitionSpec as P
 
-from sila_jax import folder_data
-from sila_jax import input_pipeline
+from sila_jax.data import folder_data
+from sila_jax.data import input_pipeline
 from sila_jax.errors import DataError
 from tests.helpers import AXIS, make_folder
 

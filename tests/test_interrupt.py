@@ -47,11 +47,11 @@ def test_second_ctrl_c_stops_at_once_in_one_line(data_dir, tmp_path):
   # The last line is the command's own; no traceback of it before (orbax may log its own
   # when the second press cuts the wait for a checkpoint being written).
   assert log.rstrip().splitlines()[-1].startswith('train.py: stopped by Ctrl-C; ')
-  assert 'sila_jax/train.py' not in log
+  assert 'sila_jax/training/train.py' not in log
 
 
 def test_ctrl_c_outside_training_is_one_line_and_status_130(tmp_path):
-  program = ('from sila_jax import cli\n'
+  program = ('from sila_jax.commands import cli\n'
              'def main(argv):\n'
              '  raise KeyboardInterrupt\n'
              'cli.run(main)\n')

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sila_jax import losses
-from sila_jax import model as model_lib
+from sila_jax.methods import losses
+from sila_jax.models import model as model_lib
 
 LOGITS = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
 SIAMESE = np.array([[[1.0, 1.0, 0.0], [-0.5, 2.0, 0.5]]])  # K = 1.

@@ -5,14 +5,14 @@ import jax
 import numpy as np
 import pytest
 
-from sila_jax import evaluate
-from sila_jax import export
-from sila_jax import losses
 from sila_jax import methods
-from sila_jax import metrics
-from sila_jax import model as model_lib
-from sila_jax import peers
-from sila_jax import train
+from sila_jax.evaluation import evaluate
+from sila_jax.evaluation import export
+from sila_jax.methods import losses
+from sila_jax.methods import peers
+from sila_jax.models import model as model_lib
+from sila_jax.training import metrics
+from sila_jax.training import train
 from tests.helpers import batches, plain_param_count
 
 

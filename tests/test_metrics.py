@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from sila_jax import metrics
+from sila_jax.training import metrics
 from tests.helpers import assert_same_scalars, tensorboard_scalars
 
 

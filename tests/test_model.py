@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from sila_jax import heads
-from sila_jax import model as model_lib
+from sila_jax.models import heads
+from sila_jax.models import model as model_lib
 
 
 def init(config, **kwargs):

@@ -13,10 +13,10 @@ import chex
 import jax
 import pytest
 
-from sila_jax import checkpoint
-from sila_jax import export
-from sila_jax import metrics
-from sila_jax import train
+from sila_jax.evaluation import export
+from sila_jax.training import checkpoint
+from sila_jax.training import metrics
+from sila_jax.training import train
 from tests.helpers import ROOT, make_tiny_config, setup
 
 FIXTURE = os.path.join(ROOT, 'tests', 'fixtures', 'single_model_v1')

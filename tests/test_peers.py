@@ -9,17 +9,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sila_jax import checkpoint
-from sila_jax import evaluate
-from sila_jax import export
-from sila_jax import losses
 from sila_jax import methods
-from sila_jax import metrics
-from sila_jax import optimizer as optimizer_lib
-from sila_jax import parallel as parallel_lib
-from sila_jax import peers
-from sila_jax import train
-from sila_jax import train_step as train_step_lib
+from sila_jax.evaluation import evaluate
+from sila_jax.evaluation import export
+from sila_jax.methods import losses
+from sila_jax.methods import peers
+from sila_jax.training import checkpoint
+from sila_jax.training import metrics
+from sila_jax.training import optimizer as optimizer_lib
+from sila_jax.training import parallel as parallel_lib
+from sila_jax.training import train
+from sila_jax.training import train_step as train_step_lib
 from tests.helpers import batches, make_tiny_config, one_run, plain_param_count, run, setup
 
 

@@ -5,9 +5,9 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from sila_jax import metrics
-from sila_jax import plot
-from sila_jax import runs
+from sila_jax.experiments import plot
+from sila_jax.training import metrics
+from sila_jax.training import runs
 
 
 def _write(workdir, records):

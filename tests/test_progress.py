@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from sila_jax import progress
+from sila_jax.training import progress
 from tests.helpers import ROOT, make_folder, xla_flags
 
 

@@ -4,12 +4,12 @@ import jax
 import numpy as np
 import pytest
 
-from sila_jax import evaluate
-from sila_jax import export
-from sila_jax import metrics
-from sila_jax import runs
-from sila_jax import train
 from sila_jax.errors import ConfigError
+from sila_jax.evaluation import evaluate
+from sila_jax.evaluation import export
+from sila_jax.training import metrics
+from sila_jax.training import runs
+from sila_jax.training import train
 from tests.helpers import make_folder
 
 # Four runs with their own seeds and settings; run 3 repeats run 0's seed.

@@ -11,14 +11,14 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from sila_jax import cli
 from sila_jax import config_checks
-from sila_jax import heads
-from sila_jax import runs
-from sila_jax import train
-from sila_jax import train_step as train_step_lib
+from sila_jax.commands import cli
 from sila_jax.errors import ConfigError
 from sila_jax.experiments import running
+from sila_jax.models import heads
+from sila_jax.training import runs
+from sila_jax.training import train
+from sila_jax.training import train_step as train_step_lib
 from tests.helpers import ROOT, cli_overrides, launch, saved_steps
 
 QUIET_ENV = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
@@ -157,7 +157,7 @@ def test_a_command_signalled_before_the_first_step_exits_at_once_in_one_line(sig
   # The process sleeps in C (time.sleep), as in a compilation: only the watcher can end it.
   script = (
       'import os, signal, time\n'
-      'from sila_jax import train\n'
+      'from sila_jax.training import train\n'
       'with train.StopRequests(exit_at_once=True, message=lambda by: f"stopped by {by}"):\n'
       f'  os.kill(os.getpid(), {int(sig)})\n'
       '  time.sleep(60)\n')

@@ -13,7 +13,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from sila_jax import tfds_data
+from sila_jax.data import tfds_data
 from sila_jax.errors import DataError
 
 tfds = pytest.importorskip('tensorflow_datasets')
@@ -164,7 +164,7 @@ def test_reads_without_tensorflow(prepared, tmp_path, how):
   script = textwrap.dedent(f"""
       import sys
       import numpy as np
-      from sila_jax import tfds_data
+      from sila_jax.data import tfds_data
       source = tfds_data.open_split('cifar10', {data_dir!r}, 'test')
       images, labels = source.read(np.arange(source.num_examples))
       np.save(sys.argv[1], images)
@@ -184,7 +184,7 @@ def test_preparing_without_tensorflow_says_so(tmp_path):
       import promise
       from etils import epath
       import tensorflow_datasets as tfds
-      from sila_jax import tfds_data
+      from sila_jax.data import tfds_data
       from sila_jax.errors import DataError
       tfds.download.DownloadManager._download_or_get_cache = (
           lambda self, resource: promise.Promise.resolve(epath.Path({archive!r})))
@@ -200,7 +200,7 @@ def test_preparing_without_tensorflow_says_so(tmp_path):
 def test_sila_jax_does_not_import_tfds(tmp_path):
   run_without_tensorflow('absent', textwrap.dedent("""
       import sys
-      import sila_jax.tfds_data
+      import sila_jax.data.tfds_data
       assert 'tensorflow_datasets' not in sys.modules
       """), tmp_path)
 

@@ -10,14 +10,14 @@ import jax
 import pytest
 from PIL import Image
 
-from sila_jax import checkpoint
-from sila_jax import evaluate
-from sila_jax import export
-from sila_jax import metrics
-from sila_jax import model as model_lib
-from sila_jax import plot
-from sila_jax import train
 from sila_jax.errors import DataError
+from sila_jax.evaluation import evaluate
+from sila_jax.evaluation import export
+from sila_jax.experiments import plot
+from sila_jax.models import model as model_lib
+from sila_jax.training import checkpoint
+from sila_jax.training import metrics
+from sila_jax.training import train
 from tests.helpers import (ROOT, assert_same_scalars, make_folder, make_tiny_config,
                            plain_param_count, xla_flags)
 

@@ -6,10 +6,10 @@ import numpy as np
 import optax
 import pytest
 
-from sila_jax import collectives
-from sila_jax import optimizer as optimizer_lib
-from sila_jax import parallel as parallel_lib
-from sila_jax import train_step as train_step_lib
+from sila_jax.training import collectives
+from sila_jax.training import optimizer as optimizer_lib
+from sila_jax.training import parallel as parallel_lib
+from sila_jax.training import train_step as train_step_lib
 from tests.helpers import AXIS, batches, every_run, run, setup
 
 

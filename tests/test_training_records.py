@@ -13,10 +13,10 @@ import optax
 import pytest
 
 from sila_jax import config_checks
-from sila_jax import metrics
-from sila_jax import progress
-from sila_jax import train
 from sila_jax.errors import ConfigError
+from sila_jax.training import metrics
+from sila_jax.training import progress
+from sila_jax.training import train
 from tests.helpers import make_tiny_config, saved_state
 
 pytestmark = pytest.mark.xdist_group('training_records')

@@ -6,11 +6,11 @@ python eval.py --config=configs/cifar10.py --export_dir=/tmp/run/export
 from absl import flags
 from ml_collections import config_flags
 
-from sila_jax import checkpoint
-from sila_jax import cli
-from sila_jax import distributed
-from sila_jax import evaluate
-from sila_jax import metrics
+from sila_jax.commands import cli
+from sila_jax.evaluation import evaluate
+from sila_jax.training import checkpoint
+from sila_jax.training import distributed
+from sila_jax.training import metrics
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Configuration file (its data '
                                           'fields; with --export_dir the model is the '

@@ -9,10 +9,10 @@ main head's parameters and BatchNorm statistics, and model.json describing the p
 from absl import flags
 from ml_collections import config_flags
 
-from sila_jax import checkpoint
-from sila_jax import cli
-from sila_jax import distributed
-from sila_jax import export
+from sila_jax.commands import cli
+from sila_jax.evaluation import export
+from sila_jax.training import checkpoint
+from sila_jax.training import distributed
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Configuration file.',
                                           lock_config=True)

@@ -9,9 +9,9 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from sila_jax import cli
-from sila_jax import distributed
-from sila_jax import train
+from sila_jax.commands import cli
+from sila_jax.training import distributed
+from sila_jax.training import train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Configuration file.',
                                           lock_config=True)

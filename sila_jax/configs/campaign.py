@@ -1,5 +1,6 @@
 """The evidence campaign (issue 19): blocks of arms x seeds at the standard recipe, in priority
-order, that every GPU call advances (python -m sila_jax.campaign; experiments/campaign.sh).
+order, that every GPU call advances (python -m sila_jax.experiments.campaign;
+experiments/campaign.sh).
 
 The recipe is configs/cifar10.py's (batch 128, SGD + Nesterov at lr 0.1, weight decay 5e-4,
 cosine decay after one warm-up epoch) on the CIFAR-10 folder split of configs/cifar10_folder.py

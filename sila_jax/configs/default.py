@@ -68,7 +68,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.dml.weight = 1.0
   config.dml.independent_augment = False  # Each peer its own augmentation of the same images.
 
-  # Many runs as one computation (sila_jax/runs.py): num_runs R trains R independent runs
+  # Many runs as one computation (sila_jax/training/runs.py): num_runs R trains R independent runs
   # together, stacked along a leading run axis. Run r uses seed + r; each field of `runs`,
   # when not (), lists one value per run of the config field it names (sila_weight ->
   # sila.weight), so arms that differ only in these share one computation.

@@ -5,7 +5,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from sila_jax import cli
+from sila_jax.commands import cli
 from sila_jax.configs import default
 from sila_jax.experiments import running
 

@@ -1,5 +1,5 @@
 """Grids into computations: a grid file's runs (arm x seed), and the groups of them that
-train as one computation (sila_jax/runs.py).
+train as one computation (sila_jax/training/runs.py).
 
 A grid file's `get_grid()` returns {'config': the recipe every run shares, 'arms': {name:
 {field: value}}, 'seeds': (...), optionally 'baselines': arm names to compare against,
@@ -16,10 +16,10 @@ from typing import Any
 
 import ml_collections
 
-from sila_jax.configs import default
 from sila_jax import config_checks
-from sila_jax import runs
+from sila_jax.configs import default
 from sila_jax.errors import ConfigError
+from sila_jax.training import runs
 
 GRID_KEYS = {'config', 'arms', 'seeds', 'baselines', 'caption', 'export_seeds'}
 # Where the data lies and how kernels compute (the same values, at another speed): a run

@@ -1,7 +1,7 @@
 """What a grid's finished runs are reported as: runs.csv (one row per run), summary.csv and
 summary.md (per arm, from statistics.summarize, with the effects whose 95 % interval
 excludes zero), accuracy.png (bars with the 95 % t-interval of each arm's mean) and
-curves.png (each arm's mean curves, drawn by sila_jax.plot)."""
+curves.png (each arm's mean curves, drawn by sila_jax.experiments.plot)."""
 import csv
 import os
 from typing import Any
@@ -10,9 +10,9 @@ import ml_collections
 import numpy as np
 from matplotlib.figure import Figure
 
-from sila_jax import metrics
-from sila_jax import plot
+from sila_jax.experiments import plot
 from sila_jax.experiments import statistics
+from sila_jax.training import metrics
 
 # A run's history (running.history) as curves.png draws it: {name: (panel, line kind)}.
 _DRAWN = {'train_loss_main': ('loss', metrics.TRAIN),
@@ -112,8 +112,9 @@ def markdown(grid: dict[str, Any], rows: list[dict[str, Any]], caption: str) -> 
 
 
 def mean_curves(records: list[dict[str, Any]]) -> plot.Curves:
-  """The runs' histories as sila_jax.plot draws them: {'loss' | 'accuracy': {'<arm> train' |
-  '<arm> validation': (steps, mean over the arm's runs)}}, at the steps all its runs have."""
+  """The runs' histories as sila_jax.experiments.plot draws them: {'loss' | 'accuracy':
+  {'<arm> train' | '<arm> validation': (steps, mean over the arm's runs)}}, at the steps all
+  its runs have."""
   per_arm: dict[tuple[str, str], list[dict[int, float]]] = {}
   for record in records:
     for name, points in record['history'].items():

@@ -16,13 +16,13 @@ from typing import Any
 from absl import logging
 
 from sila_jax import config_checks
-from sila_jax import export
-from sila_jax import metrics
-from sila_jax import runs
-from sila_jax import train
 from sila_jax.errors import ConfigError
+from sila_jax.evaluation import export
 from sila_jax.experiments import planning
 from sila_jax.experiments import reports
+from sila_jax.training import metrics
+from sila_jax.training import runs
+from sila_jax.training import train
 
 
 def own(summary: dict[str, float], run: int | None) -> dict[str, float]:

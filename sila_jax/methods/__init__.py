@@ -1,4 +1,5 @@
-"""Training methods, each one module implementing methods.base.Method.
+"""What trains: the Method interface (base), the methods (plain, sila; one module each),
+and what they share: the peer axis (peers) and the losses.
 
 `config.method` names one of METHODS. Adding a method is adding its module, its line here,
 its config fields and its tests (docs/architecture.md).

@@ -1,6 +1,6 @@
 """The method interface, and the one path that trains, evaluates and deploys every method.
 
-A method trains each peer of a run (sila_jax/peers.py: K peers, K = 1 a single model; DML
+A method trains each peer of a run (sila_jax/methods/peers.py: K peers, K = 1 a single model; DML
 when K > 1) as one classifier: the deployable {backbone, head} and the branches the method
 adds beside it, which test time drops. A subclass says what differs between methods through
 the hooks below; everything else here is shared, so the train step, evaluation, checkpoints
@@ -24,11 +24,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from sila_jax import metrics as metrics_lib
-from sila_jax import model as model_lib
-from sila_jax import optimizer as optimizer_lib
-from sila_jax import peers
-from sila_jax import runs
+from sila_jax.methods import peers
+from sila_jax.models import model as model_lib
+from sila_jax.training import metrics as metrics_lib
+from sila_jax.training import optimizer as optimizer_lib
+from sila_jax.training import runs
 
 Rule = tuple[Callable[[Any], bool], str]  # (what a valid value passes, what it must be).
 

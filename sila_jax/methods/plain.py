@@ -1,7 +1,7 @@
 """Plain training: the classifier alone, cross-entropy on its logits (SILA.md's baseline)."""
-from sila_jax import losses
-from sila_jax import model as model_lib
 from sila_jax.methods import base
+from sila_jax.methods import losses
+from sila_jax.models import model as model_lib
 
 
 class Plain(base.Method):

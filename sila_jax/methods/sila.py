@@ -2,12 +2,12 @@
 label (`twin` or `joint` loss, optional head-to-head KL), with optional backpropagation
 rescaling where they attach. Config: `sila.*`; per run: sila_weight, sila_kl_weight,
 rescale_backbone_grad, label_smoothing."""
-from sila_jax import backbones
-from sila_jax import heads
-from sila_jax import losses
-from sila_jax import model as model_lib
-from sila_jax import peers
 from sila_jax.methods import base
+from sila_jax.methods import losses
+from sila_jax.methods import peers
+from sila_jax.models import backbones
+from sila_jax.models import heads
+from sila_jax.models import model as model_lib
 
 
 class Sila(base.Method):
@@ -53,7 +53,8 @@ class Sila(base.Method):
       yield str(e)
     else:
       for name in dict.fromkeys(peers.peer_models(config)):
-        if stage is not None and name in backbones.BACKBONES and stage >= backbones.num_stages(name):
+        if (stage is not None and name in backbones.BACKBONES
+            and stage >= backbones.num_stages(name)):
           yield (f'sila.attach={sila.attach!r}, but {name} has stages 1..'
                  f'{backbones.num_stages(name)}.')
     if sila.rescale_backbone_grad and sila.variant != 'twin':

@@ -1,7 +1,7 @@
 """The evidence campaign: blocks of arms x seeds that every short GPU call advances.
 
-  python -m sila_jax.campaign --out_dir DIR [--campaign configs/campaign.py] [--budget_s S]
-      [--dry_run] [--data_dir D] [--device_kind KIND] [--throughput FILE ...]
+  python -m sila_jax.experiments.campaign --out_dir DIR [--campaign configs/campaign.py]
+      [--budget_s S] [--dry_run] [--data_dir D] [--device_kind KIND] [--throughput FILE ...]
 
 A campaign file's `get_campaign()` lists blocks in priority order, each {'name', 'grid' (an
 experiment grid, sila_jax/experiments/planning.py), 'title'}. A call reads what is finished
@@ -48,14 +48,14 @@ from typing import Any
 import ml_collections
 
 from sila_jax import config_checks
-from sila_jax import folder_data
-from sila_jax import metrics
-from sila_jax import model as model_lib
+from sila_jax.data import folder_data
 from sila_jax.errors import ConfigError
 from sila_jax.experiments import planning
 from sila_jax.experiments import running
+from sila_jax.models import model as model_lib
+from sila_jax.training import metrics
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CAMPAIGN = 'configs/campaign.py'
 # One 8-minute command: start-up (wheels, data), the throughput stage on a new GPU kind, then
 # this, compilation included.
@@ -478,7 +478,7 @@ def write_tables(blocks: list[Block], out: str) -> str:
   last = {row['block']: i for i, row in enumerate(history)}
   written = [b for b in blocks if os.path.exists(os.path.join(block_out(out, b), 'summary.md'))]
   written.sort(key=lambda b: -last.get(b.name, -1))
-  parts = ['# Campaign results\n\nWritten by `python -m sila_jax.campaign` '
+  parts = ['# Campaign results\n\nWritten by `python -m sila_jax.experiments.campaign` '
            '(`bash experiments/campaign.sh`), the most recently trained block first; '
            'each block\'s folder holds runs.csv, accuracy.png and curves.png.\n']
   for block in written:
@@ -578,7 +578,8 @@ def append_log(out: str, blocks: list[Block], done: list[dict[str, Any]], stoppe
   new = not os.path.exists(path)
   with open(path, 'a') as f:
     if new:
-      f.write('# Campaign log\n\nOne entry per call of `python -m sila_jax.campaign`.\n\n')
+      f.write('# Campaign log\n\nOne entry per call of '
+              '`python -m sila_jax.experiments.campaign`.\n\n')
     f.write('\n'.join(lines) + '\n\n')
 
 
@@ -726,7 +727,7 @@ def run_campaign(campaign: str, out: str, budget_s: float = DEFAULT_BUDGET_S, *,
 
 def main() -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from sila_jax import cli  # pylint: disable=g-import-not-at-top
+  from sila_jax.commands import cli  # pylint: disable=g-import-not-at-top
 
   out_dir = flags.DEFINE_string('out_dir', None, 'The campaign folder (results/campaign).')
   campaign = flags.DEFINE_string('campaign', DEFAULT_CAMPAIGN, 'The campaign file.')

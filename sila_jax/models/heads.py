@@ -7,7 +7,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from sila_jax import backbones
+from sila_jax.models import backbones
 
 HEAD_TYPES = ('twin', 'mlp')
 MAX_SIAMESE_HEADS = 64  # Each is a module of its own: start-up grows with their number.

@@ -1,6 +1,6 @@
 """The backbones' convolution under DML's vmap: one per peer slice, or one grouped convolution.
 
-DML peers (sila_jax/peers.py) stack their parameters and apply the model under `jax.vmap`.
+DML peers (sila_jax/methods/peers.py) stack their parameters and apply the model under `jax.vmap`.
 vmap of a convolution whose kernel and input are both batched lowers to one grouped
 convolution (`feature_group_count` = peers), and its kernel gradient to a
 `batch_group_count` one. On XLA:CPU, forward + backward of that for two peers at batch 128,

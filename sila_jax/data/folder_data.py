@@ -112,7 +112,7 @@ def _decode_in_workers(paths: list[str], size: int, workers: int) -> list[np.nda
   would import the caller's main module, JAX and all, in every worker: these import only
   numpy and PIL.
   """
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   env = {**os.environ,
          'PYTHONPATH': os.pathsep.join(filter(None, [root, os.environ.get('PYTHONPATH')]))}
   with tempfile.TemporaryDirectory() as tmp:
@@ -121,7 +121,7 @@ def _decode_in_workers(paths: list[str], size: int, workers: int) -> list[np.nda
       listing, out = os.path.join(tmp, f'{k}.txt'), os.path.join(tmp, f'{k}.npz')
       with open(listing, 'w') as f:
         f.write('\n'.join(chunk))
-      command = [sys.executable, '-m', 'sila_jax.folder_data', listing, str(size), out]
+      command = [sys.executable, '-m', 'sila_jax.data.folder_data', listing, str(size), out]
       jobs.append((subprocess.Popen(command, env=env), out))
     images = []
     try:

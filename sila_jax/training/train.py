@@ -24,21 +24,21 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from sila_jax import checkpoint
 from sila_jax import config_checks
-from sila_jax import distributed
-from sila_jax import evaluate as evaluate_lib
-from sila_jax import input_pipeline
 from sila_jax import methods
-from sila_jax import metrics as metrics_lib
-from sila_jax import model as model_lib
-from sila_jax import optimizer as optimizer_lib
-from sila_jax import parallel as parallel_lib
-from sila_jax import peers
-from sila_jax import progress as progress_lib
-from sila_jax import runs
-from sila_jax import train_step as train_step_lib
+from sila_jax.data import input_pipeline
 from sila_jax.errors import INTERRUPTED, ConfigError, DataError, NonFiniteLossError
+from sila_jax.evaluation import evaluate as evaluate_lib
+from sila_jax.methods import peers
+from sila_jax.models import model as model_lib
+from sila_jax.training import checkpoint
+from sila_jax.training import distributed
+from sila_jax.training import metrics as metrics_lib
+from sila_jax.training import optimizer as optimizer_lib
+from sila_jax.training import parallel as parallel_lib
+from sila_jax.training import progress as progress_lib
+from sila_jax.training import runs
+from sila_jax.training import train_step as train_step_lib
 
 RUN_DESCRIPTION = 'run.json'
 PROFILE = 'profile'  # Under the workdir: config.profile_steps' trace.

@@ -14,7 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from sila_jax import metrics
+from sila_jax.training import metrics
 
 # config.runs.<name> -> the config field it sets per run. These are the settings a run
 # reads as numbers inside the step, so runs that differ only in them share one computation.

@@ -1,7 +1,7 @@
 """The peer axis: the K classifiers of a run side by side, K = 1 for a single model.
 
 Deep Mutual Learning (SILA.md, "SiLa + DML") trains K > 1 peers; a single model is the case
-K = 1 of the same code, as one run is the case R = 1 of the run axis (sila_jax/runs.py).
+K = 1 of the same code, as one run is the case R = 1 of the run axis (sila_jax/training/runs.py).
 Consecutive peers of the same model form a group. A group's variables (and, in the train
 state, its optimizer state) are stacked along a leading peer axis and applied under
 `jax.vmap`, so K homogeneous peers are one batched computation; heterogeneous peers
@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from sila_jax import losses
-from sila_jax import metrics
-from sila_jax import model as model_lib
+from sila_jax.methods import losses
+from sila_jax.models import model as model_lib
+from sila_jax.training import metrics
 
 Group = tuple[nn.Module, int]  # A model and how many peers run it.
 

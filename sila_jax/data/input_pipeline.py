@@ -1,7 +1,7 @@
 """Input: decoded splits as uint8 arrays; batches drawn and augmented inside the train step.
 
 Training reads one even shard of the split per device (strided: shard i of D holds examples
-i, i + D, ...), which run r (sila_jax/runs.py; one run unless config.num_runs > 1) streams
+i, i + D, ...), which run r (sila_jax/training/runs.py; one run unless config.num_runs > 1) streams
 with the seed `seed_r + i`. The n-th example of a shard's stream is example
 `order_e[n mod s]` of the shard (s its size, e = n // s its epoch, order_e a permutation
 drawn from (seed, e)), cropped and flipped with a key drawn from (seed, n). A step's batch
@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sila_jax import distributed
-from sila_jax import folder_data
+from sila_jax.data import folder_data
 from sila_jax.errors import DataError
+from sila_jax.training import distributed
 
 DATASETS = ('cifar10', 'cifar100', 'folder')
 PAD = 4  # Pixels of zero padding before the random crop (the standard CIFAR recipe).
@@ -45,7 +45,7 @@ def open_source(config: ml_collections.ConfigDict, split: str):
   if config.dataset == 'folder':
     return folder_data.FolderSource(config.data_dir, split, config.image_size)
   if config.dataset in DATASETS:
-    from sila_jax import tfds_data  # pylint: disable=g-import-not-at-top  # TFDS only if used.
+    from sila_jax.data import tfds_data  # pylint: disable=g-import-not-at-top  # TFDS only if used.
     return tfds_data.open_split(config.dataset, config.data_dir, split)
   raise DataError(f'Unknown dataset {config.dataset!r}; choose one of {DATASETS}.')
 

@@ -12,15 +12,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from sila_jax import backbones
-from sila_jax import heads
+from sila_jax.models import backbones
+from sila_jax.models import heads
 
 MAIN_BRANCH = ('backbone', 'head')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}  # config.dtype -> compute dtype.
 
 # The form each config.kernels field 'auto' takes on a backend (jax.default_backend()):
 # whichever computes forward + backward fastest there, as `python -m benchmarks.kernels`
-# measures. On XLA:CPU the sliced peer convolution (sila_jax/conv.py: 15 ms per peer
+# measures. On XLA:CPU the sliced peer convolution (sila_jax/models/conv.py: 15 ms per peer
 # against 660 ms for the grouped one of two peers) and the taps per-sample convolution
 # (dynamic_conv.per_sample_conv: 76 ms against 13 s). On an H200 (batch 512;
 # results/device/2026-11-27-nvidia-h200/) the grouped per-sample convolution: the float32

@@ -60,8 +60,8 @@ def create_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule
                      ) -> optax.GradientTransformation:
   """SGD with (Nesterov) momentum; L2 weight decay added to kernel gradients only.
 
-  `learning_rate` and `weight_decay` (scalars, possibly traced: one run's own, sila_jax/runs.py)
-  replace the config's; the schedule keeps its shape (`scaled_schedule`).
+  `learning_rate` and `weight_decay` (scalars, possibly traced: one run's own,
+  sila_jax/training/runs.py) replace the config's; the schedule keeps its shape (`scaled_schedule`).
   """
   opt = config.optimizer
   return optax.chain(

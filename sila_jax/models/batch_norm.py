@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-from sila_jax import collectives
+from sila_jax.training import collectives
 
 
 class BatchNorm(nn.Module):

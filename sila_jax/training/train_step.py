@@ -1,5 +1,5 @@
 """The per-device train step of one run, run under a `data` axis by both wrappers (and
-under runs.vmap_step's vmap over runs): that of the run's K peers (sila_jax/peers.py), a
+under runs.vmap_step's vmap over runs): that of the run's K peers (sila_jax/methods/peers.py), a
 single model being K = 1.
 
 What it trains is the method's (sila_jax/methods/): the step asks nothing of it but its
@@ -18,11 +18,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sila_jax import collectives
 from sila_jax import methods
-from sila_jax import optimizer as optimizer_lib
-from sila_jax import peers
-from sila_jax.parallel import AXIS
+from sila_jax.methods import peers
+from sila_jax.training import collectives
+from sila_jax.training import optimizer as optimizer_lib
+from sila_jax.training.parallel import AXIS
 
 
 @flax.struct.dataclass

@@ -1,6 +1,6 @@
 """Evaluation of the main branch only: {backbone, head} and their BatchNorm statistics.
 
-Variables carry the leading run axis of sila_jax/runs.py (an export is one run of one);
+Variables carry the leading run axis of sila_jax/training/runs.py (an export is one run of one);
 every run is evaluated and reported, and the means over runs lead the results.
 """
 import json
@@ -15,18 +15,18 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from sila_jax import checkpoint
 from sila_jax import config_checks
-from sila_jax import export as export_lib
-from sila_jax import input_pipeline
 from sila_jax import methods
-from sila_jax import metrics
-from sila_jax import model as model_lib
-from sila_jax import parallel
-from sila_jax import peers
-from sila_jax import progress
-from sila_jax import runs
-from sila_jax.parallel import AXIS
+from sila_jax.data import input_pipeline
+from sila_jax.evaluation import export as export_lib
+from sila_jax.methods import peers
+from sila_jax.models import model as model_lib
+from sila_jax.training import checkpoint
+from sila_jax.training import metrics
+from sila_jax.training import parallel
+from sila_jax.training import progress
+from sila_jax.training import runs
+from sila_jax.training.parallel import AXIS
 
 
 def make_eval_step(method: methods.Method):

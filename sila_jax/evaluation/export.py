@@ -16,14 +16,14 @@ import flax
 import jax
 import ml_collections
 
-from sila_jax.configs import default
-from sila_jax import checkpoint
 from sila_jax import config_checks
 from sila_jax import methods
-from sila_jax import model as model_lib
-from sila_jax import peers
-from sila_jax import runs
+from sila_jax.configs import default
 from sila_jax.errors import CheckpointError, ConfigError
+from sila_jax.methods import peers
+from sila_jax.models import model as model_lib
+from sila_jax.training import checkpoint
+from sila_jax.training import runs
 
 VARIABLES = 'variables.msgpack'
 DESCRIPTION = 'model.json'

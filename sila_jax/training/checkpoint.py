@@ -20,11 +20,11 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from sila_jax.configs import default
-from sila_jax import distributed
 from sila_jax import methods
 from sila_jax.config_checks import get_field
+from sila_jax.configs import default
 from sila_jax.errors import CheckpointError, first_line
+from sila_jax.training import distributed
 
 LATEST, BEST = 'latest', 'best'
 DIRECTORIES = {LATEST: 'checkpoints', BEST: 'best'}  # Under the workdir.
@@ -36,9 +36,9 @@ MAIN_BRANCH_FIELDS = ('model', 'width', 'num_classes', 'dynamic.num_kernels', 'd
 # TrainState fields added since checkpoints were first written; an older checkpoint restores
 # them as zeros (its runs had not diverged: training stopped at a non-finite loss then).
 ADDED_STATE_FIELDS = ('diverged_step',)
-# The trees that carry the peer axis (sila_jax/peers.py). A single model's checkpoint written
-# before a single model was one peer holds them without it: 'params/backbone/...' (R, ...)
-# where today's reads 'params/0/backbone/...' (R, 1, ...); `restore` converts it.
+# The trees that carry the peer axis (sila_jax/methods/peers.py). A single model's checkpoint
+# written before a single model was one peer holds them without it: 'params/backbone/...'
+# (R, ...) where today's reads 'params/0/backbone/...' (R, 1, ...); `restore` converts it.
 PEER_TREES = ('params', 'batch_stats', 'opt_state')
 
 
@@ -214,7 +214,7 @@ def restore_main_branch(workdir: str, config: ml_collections.ConfigDict, abstrac
   Returns:
     (meta, variables): meta has 'step' and 'attention_temperature'; variables are every
     peer's, for methods.Method.predictions, with the leading run axis
-    (sila_jax/runs.py).
+    (sila_jax/training/runs.py).
   Raises:
     CheckpointError: no checkpoint, a corrupt one, or one written for another model.
   """

@@ -21,9 +21,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sila_jax import conv
-from sila_jax.batch_norm import BatchNorm
-from sila_jax.dynamic_conv import DynamicConv
+from sila_jax.models import conv
+from sila_jax.models.batch_norm import BatchNorm
+from sila_jax.models.dynamic_conv import DynamicConv
 
 ModuleDef = Any
 

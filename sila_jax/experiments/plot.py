@@ -1,5 +1,5 @@
-"""Loss, accuracy and norm curves of training runs: `python -m sila_jax.plot <workdir> ...`
-(or `sila-plot`) draws each workdir's metrics.jsonl into one PNG.
+"""Loss, accuracy and norm curves of training runs: `sila-plot <workdir> ...` (or
+`python -m sila_jax.experiments.plot`) draws each workdir's metrics.jsonl into one PNG.
 
 One line per run, train solid and validation dashed in the run's colour: a workdir of
 R > 1 runs gives its runs' own series ('run_<r>/...', not the mean), a DML workdir its
@@ -16,8 +16,8 @@ from typing import Sequence
 
 from matplotlib.figure import Figure
 
-from sila_jax import metrics
 from sila_jax.errors import DataError, UserError
+from sila_jax.training import metrics
 
 PANELS = ('loss', 'accuracy', 'norm')
 TITLES = {'loss': "cross-entropy of the main head", 'accuracy': 'accuracy',

@@ -1,0 +1,2 @@
+"""The input: image folders and TFDS splits decoded, sharded on the devices, batches drawn
+and augmented."""

@@ -1,0 +1,1 @@
+"""What ships and how it scores: export of the deployable model, and its evaluation."""

@@ -1,0 +1,1 @@
+"""The classifiers: backbones, their convolutions and BatchNorm, heads, SilaClassifier."""

@@ -7,7 +7,8 @@ no validation) for 3 log intervals of `--steps` steps on a one-device mesh: the 
 interval holds the compilation, the other two give images/s, the step time and the share of
 the loop's time spent waiting for input ('input_wait'; 0 with the data on the device).
 Compile time is the first interval's time beyond its steps' share. Methods: plain, SiLa (one
-twin head) and DML-2 (two plain peers); ratios are step times against plain's. Cells run in
+twin head), DML-2 (two plain peers), ONE, CL-ILR and BYOT at their defaults (ONE and CL-ILR
+on CIFAR ResNets only); ratios are step times against plain's. Cells run in
 order of importance until `--budget_s` is spent. Without `--data_dir`, a generated ImageFolder
 tree of random JPEGs stands in for CIFAR-10 (throughput does not depend on pixel values).
 Targets: SiLa at most 1.03x plain's step time, DML-2 at most 2.0x, input wait under 5 %.
@@ -27,11 +28,12 @@ from PIL import Image
 from sila_jax.commands import cli
 from sila_jax.configs import default
 from sila_jax.data import input_pipeline
+from sila_jax.models import branches
 from sila_jax.training import metrics
 from sila_jax.training import train
 
 MODELS = ('resnet20', 'resnet56', 'resnet18', 'wrn16_4')
-METHODS = ('plain', 'sila', 'dml2')
+METHODS = ('plain', 'sila', 'dml2', 'one', 'clilr', 'byot')  # dml2: plain DML of 2 peers.
 INPUTS = ('device', 'host')
 DTYPES = ('float32', 'bfloat16')
 # Measured first: the cells the targets name, then the rest of the grid.
@@ -48,7 +50,7 @@ def cell_config(model, method, input_kind, dtype, args, data_dir, split):
                 batch_size=args.batch_size, eval_batch_size=args.batch_size,
                 num_train_steps=3 * args.steps, log_every_steps=args.steps, eval_every_steps=0,
                 checkpoint_every_steps=10 * args.steps, distributed='off')
-  config.sila.enabled = method == 'sila'
+  config.method = 'plain' if method == 'dml2' else method
   config.dml.num_peers = 2 if method == 'dml2' else 1
   return config
 
@@ -96,12 +98,14 @@ class CachedSources:
 
 
 def cells(args):
-  grid = list(itertools.product(args.models, args.methods, args.inputs, args.dtypes))
+  """The grid's cells, FIRST first; ONE and CL-ILR only on the CIFAR ResNets they take."""
+  grid = [c for c in itertools.product(args.models, args.methods, args.inputs, args.dtypes)
+          if c[1] not in ('one', 'clilr') or c[0] in branches.BRANCHED_BACKBONES]
   return [c for c in FIRST if c in grid] + [c for c in grid if c not in FIRST]
 
 
 def ratios(results):
-  """{cell: (SiLa or DML-2 step time) / plain's} for cells whose plain twin was measured."""
+  """{cell: (a method's step time) / plain's} for cells whose plain twin was measured."""
   step = {(r['model'], r['method'], r['input'], r['dtype']): r['step_ms'] for r in results}
   return {cell: ms / step[(cell[0], 'plain', *cell[2:])] for cell, ms in step.items()
           if cell[1] != 'plain' and (cell[0], 'plain', *cell[2:]) in step}

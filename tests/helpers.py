@@ -170,7 +170,7 @@ def setup(config, steps_per_epoch=None):
 
 def one_run(step_fn, config):
   """step_fn for a single run's (unstacked) state, with run 0's settings of `config`."""
-  return functools.partial(step_fn, run=runs.take(runs.settings(config), 0))
+  return functools.partial(step_fn, settings=runs.take(runs.settings(config), 0))
 
 
 def every_run(step_fn, config):

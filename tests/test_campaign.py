@@ -54,7 +54,7 @@ def test_computations_take_the_fastest_measured_form_which_is_not_part_of_a_run(
   assert seconds == pytest.approx(16 * 128 / 250_000)
   assert estimator([row('sila', 1, 36_000)]).peer_conv == 'sliced'  # 'auto' on a GPU.
   planned = planning.plan(campaign_config.get_campaign()[0]['grid'], {})[0]
-  moved = planning.Run(planned.arm, planned.seed, planned.config.copy_and_resolve_references())
+  moved = planning.Cell(planned.arm, planned.seed, planned.config.copy_and_resolve_references())
   moved.config.update_from_flattened_dict({'data_dir': '/elsewhere',
                                            'kernels.peer_conv': 'grouped'})
   assert moved.digest == planned.digest

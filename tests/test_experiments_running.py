@@ -52,7 +52,7 @@ def test_a_finished_run_counts_while_its_config_is_unchanged_and_can_be_reused(t
   assert running.finished(planned[1], other) is None
   changed = planning.plan(smoke.get_grid(), {'num_train_steps': 3})[0]
   assert running.finished(changed, other) is None  # Made with another config.
-  renamed = [planning.Run('baseline', run.seed, run.config) for run in planned[:2]]
+  renamed = [planning.Cell('baseline', run.seed, run.config) for run in planned[:2]]
   assert running.reuse(renamed, out, [other]) == 1
   assert running.finished(renamed[0], out)['arm'] == 'baseline'
   assert running.reuse(renamed, out, [other]) == 0  # Finished here now.

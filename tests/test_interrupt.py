@@ -54,7 +54,7 @@ def test_ctrl_c_outside_training_is_one_line_and_status_130(tmp_path):
   program = ('from sila_jax.commands import cli\n'
              'def main(argv):\n'
              '  raise KeyboardInterrupt\n'
-             'cli.run(main)\n')
+             'cli.run_command(main)\n')
   done = subprocess.run([sys.executable, '-c', program], capture_output=True, text=True)
   assert done.returncode == 130
   assert done.stderr.strip().splitlines() == [

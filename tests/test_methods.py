@@ -37,9 +37,9 @@ def test_plain_training_builds_the_deployed_model_and_its_loss(tiny_config):
       model_lib.abstract_variables(method.deployable_groups[0][0], 32))
   variables = method.init_variables(jax.random.PRNGKey(0), (32, 32, 3))
   batch = batches(1)[0]
-  run = {'label_smoothing': 0.1, 'dml_weight': 1.0}
-  objectives, step_metrics, _ = method.objectives(variables, batch, step=0, run=run,
-                                                  rng=jax.random.PRNGKey(1))
+  settings = {'label_smoothing': 0.1, 'dml_weight': 1.0}
+  objectives, step_metrics, _ = method.objectives(
+      variables, batch, step=0, settings=settings, rng=jax.random.PRNGKey(1))
   (model, _), = method.groups
   (logits, _), _ = model.apply(peers.peer_variables(tiny_config, variables, 0), batch['image'],
                                train=True, mutable=['batch_stats'])
@@ -68,7 +68,7 @@ class MainAndAuxiliary(methods.Method):
     config.sila.update(enabled=True, num_heads=1, head='mlp', attach='features')
     return model_lib.create_model(config, bn_axis_name=bn_axis_name)
 
-  def loss(self, logits, branches, labels, run):
+  def loss(self, logits, branches, labels, settings):
     main, _ = losses.plain_loss(logits, labels)
     auxiliary, _ = losses.plain_loss(branches[0], labels)
     loss = main + 0.3 * auxiliary

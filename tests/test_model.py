@@ -69,12 +69,6 @@ def test_bad_attach_is_rejected(attach):
     heads.parse_attach(attach)
 
 
-def test_attach_beyond_last_stage_is_rejected(tiny_config):
-  tiny_config.sila.attach = 'stage4'
-  with pytest.raises(ValueError, match='3 stages'):
-    init(tiny_config)
-
-
 def test_kernel_forms_resolve_auto_per_backend_and_reach_the_model(tiny_config):
   for backend in ('cpu', 'gpu', 'tpu'):
     assert model_lib.kernel_forms(tiny_config.kernels, backend) == model_lib.AUTO_KERNELS[backend]

@@ -19,19 +19,19 @@ def single_model_step(method, schedule, config):
   must train bit for bit."""
   (model, _), = method.groups
 
-  def step(state, batch, run):
+  def step(state, batch, settings):
     dropout_rng = train_step_lib._dropout_rng(state)
 
     def loss_and_aux(params):
       (logits, siamese_logits), updates = model.apply(
           {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
-          mutable=['batch_stats'], rngs={'dropout': dropout_rng}, **method.model_inputs(run))
-      loss, metrics = method.loss(logits, siamese_logits, batch['label'], run)
-      return run['loss_scale'] * loss, (metrics, updates['batch_stats'])
+          mutable=['batch_stats'], rngs={'dropout': dropout_rng}, **method.model_inputs(settings))
+      loss, metrics = method.loss(logits, siamese_logits, batch['label'], settings)
+      return settings['loss_scale'] * loss, (metrics, updates['batch_stats'])
     grads, (metrics, batch_stats) = jax.grad(loss_and_aux, has_aux=True)(state.params)
     grads, metrics = collectives.device_mean((grads, metrics), AXIS)
-    tx = optimizer_lib.create_optimizer(config, schedule, run['learning_rate'],
-                                        run['weight_decay'])
+    tx = optimizer_lib.create_optimizer(config, schedule, settings['learning_rate'],
+                                        settings['weight_decay'])
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     return train_step_lib._finish(state, grads, optax.apply_updates(state.params, updates),
                                   batch_stats, opt_state, metrics)

@@ -123,7 +123,7 @@ def _drop_closed_loop_noise(unraisable) -> None:
     sys.__unraisablehook__(unraisable)
 
 
-def run(main: Callable[[list[str]], None]) -> None:
+def run_command(main: Callable[[list[str]], None]) -> None:
   """app.run(main), the libraries' INFO lines left out of the log (quiet_library_logs),
   printing a UserError as one line and exiting with status 1, and a KeyboardInterrupt
   (Ctrl-C where the command does not catch it) as one line, status 130."""

@@ -46,7 +46,7 @@ def _main(argv):
 
 def main() -> None:
   """`sila-eval` and `python eval.py`."""
-  cli.run(_main)
+  cli.run_command(_main)
 
 
 if __name__ == '__main__':

@@ -43,7 +43,7 @@ def _main(argv):
 
 def main() -> None:
   """`sila-export` and `python export.py`."""
-  cli.run(_main)
+  cli.run_command(_main)
 
 
 if __name__ == '__main__':

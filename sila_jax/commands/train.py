@@ -35,7 +35,7 @@ def _main(argv):
 
 def main() -> None:
   """`sila-train` and `python train.py`."""
-  cli.run(_main)
+  cli.run_command(_main)
 
 
 if __name__ == '__main__':

@@ -106,14 +106,15 @@ def get_campaign():
            'baselines': ('plain_w0.5', 'plain_w1'),
            'caption': 'The compression claim: half-width ResNet-20 with SiLa (and with '
                       'rescaling) against half- and full-width plain ResNet-20, 50 epochs.'}},
-      {'name': 'compare_50', 'title': 'SiLa, DML and DY-ResNet-20, 50 epochs',
+      {'name': 'compare_50', 'title': 'SiLa, DML, DY-ResNet-20, ONE, CL-ILR and BYOT, 50 epochs',
        'grid': {
            'config': recipe(50),
            'arms': compare.get_grid()['arms'],
            'seeds': THREE_SEEDS,
            'baselines': ('plain',),
-           'caption': 'SiLa against and with DML (2 peers; peer 0 reported), and DY-ResNet-20 '
-                      'plain and with SiLa, 50 epochs of the standard recipe.'}},
+           'caption': 'SiLa against and with DML (2 peers; peer 0 reported), DY-ResNet-20 '
+                      "plain and with SiLa, and SiLa's neighbours ONE (3 branches), CL-ILR (2 "
+                      'heads) and BYOT, 50 epochs of the standard recipe.'}},
       {'name': 'resnet56_200', 'title': 'Headline on ResNet-56, 200 epochs',
        'grid': {
            'config': recipe(200, model='resnet56'),

@@ -31,7 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.dynamic.tau_start = 30.0
   config.dynamic.tau_epochs = 10.0
 
-  # Method (sila_jax/methods/): 'sila' | 'plain'. Every method trains dml.num_peers peers.
+  # Method (sila_jax/methods/): 'sila' | 'plain' | 'one' | 'clilr' | 'byot'. Every method
+  # trains dml.num_peers peers.
   config.method = 'sila'
 
   # SiLa (../shared/SILA.md). enabled=False is plain cross-entropy training. The defaults are
@@ -52,6 +53,24 @@ def get_config() -> ml_collections.ConfigDict:
   # shared backbone is multiplied by 1 / (1 + weight * num_heads), so heads that agree leave
   # the backbone's step equal to plain training's. Identity forward. Twin variant only.
   config.sila.rescale_backbone_grad = False
+  # ONE (Lan et al. 2018; CIFAR ResNets): num_branches copies of the last stage and head on
+  # the shared lower stages, gated into an ensemble teacher each branch distils from at T.
+  config.one = ml_collections.ConfigDict()
+  config.one.num_branches = 3
+  config.one.temperature = 3.0
+  # Collaborative learning with backpropagation rescaling (CL-ILR, Song & Chai 2018; CIFAR
+  # ResNets): num_heads copies of the last stage and head, the shared stages' gradient
+  # divided by num_heads; head i: beta CE + (1 - beta) T^2 KL(mean of the others || it).
+  config.clilr = ml_collections.ConfigDict()
+  config.clilr.num_heads = 2
+  config.clilr.beta = 0.5
+  config.clilr.temperature = 2.0
+  # Be Your Own Teacher (Zhang et al. 2019): a shallow classifier after every stage but the
+  # last, each (1 - alpha) CE + alpha T^2 KL(deepest || it) + feature_weight * feature hint.
+  config.byot = ml_collections.ConfigDict()
+  config.byot.alpha = 0.1
+  config.byot.temperature = 3.0
+  config.byot.feature_weight = 1e-6
   config.label_smoothing = 0.0  # Applies to every cross-entropy term alike.
   # Multiplies the whole training loss, not the weight decay: with SGD and momentum, scale s
   # is learning rate x s and weight decay / s. The ablation's step-size control: plain
@@ -83,6 +102,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.runs.learning_rate = ()  # optimizer.learning_rate: the schedule's peak.
   config.runs.weight_decay = ()  # optimizer.weight_decay.
   config.runs.rescale_backbone_grad = ()  # sila.rescale_backbone_grad.
+  config.runs.clilr_beta = ()  # clilr.beta.
+  config.runs.byot_alpha = ()  # byot.alpha.
 
   # Optimisation.
   config.batch_size = 128  # Global, over all devices.

@@ -157,24 +157,24 @@ def augment(images: jax.Array, positions: jax.Array, seed, config: ml_collection
 
 def host_input_step(step_fn: Callable, config: ml_collections.ConfigDict, axis_name: str,
                     views: int = 1) -> Callable:
-  """(state, raw batch, run) -> step_fn(state, batch, run): augments one run's block of a
-  batch from `host_batches`.
+  """(state, raw batch, settings) -> step_fn(state, batch, settings): augments one run's
+  block of a batch from `host_batches`.
 
   raw: {'image': uint8 (b, H, W, 3), 'label': (b,), 'position': (b,)}, this device's block;
-  its seed is run['seed'] + the device's position on `axis_name`.
+  its seed is settings['seed'] + the device's position on `axis_name`.
   """
-  def step(state, raw, run):
-    seed = run['seed'] + jax.lax.axis_index(axis_name)
+  def step(state, raw, settings):
+    seed = settings['seed'] + jax.lax.axis_index(axis_name)
     batch = {'image': augment(raw['image'], raw['position'], seed, config, views),
              'label': raw['label']}
-    return step_fn(state, batch, run)
+    return step_fn(state, batch, settings)
   return step
 
 
 def device_input_step(step_fn: Callable, config: ml_collections.ConfigDict, axis_name: str,
                       shard_size: int, batch_size: int, views: int = 1) -> Callable:
-  """(state, shard, run) -> step_fn(state, batch, run), the run's batch drawn on the device
-  from its shard.
+  """(state, shard, settings) -> step_fn(state, batch, settings), the run's batch drawn on
+  the device from its shard.
 
   shard: {'image': uint8 (s, H, W, 3), 'label': (s,)}, this device's training shard; the
   batch (b = batch_size examples) is the one of step `state.step`, gathered here and then
@@ -183,12 +183,12 @@ def device_input_step(step_fn: Callable, config: ml_collections.ConfigDict, axis
   augmented_step = host_input_step(step_fn, config, axis_name, views)
   order = functools.partial(epoch_order, shard_size=shard_size)
 
-  def step(state, shard, run):
-    seed = run['seed'] + jax.lax.axis_index(axis_name)
+  def step(state, shard, settings):
+    seed = settings['seed'] + jax.lax.axis_index(axis_name)
     positions, indices = positions_and_indices(state.step, seed, shard_size, batch_size, order)
     raw = {'image': shard['image'][indices], 'label': shard['label'][indices],
            'position': positions}
-    return augmented_step(state, raw, run)
+    return augmented_step(state, raw, settings)
   return step
 
 

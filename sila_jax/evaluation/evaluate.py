@@ -125,7 +125,7 @@ def deployable_params(method: methods.Method, variables: dict[str, Any]) -> int:
 
 class Evaluator:
   """Validation of the main branch on one split, as big_vision's evaluators: the data, its
-  placement on the devices and the jitted step are built once; `run` evaluates variables.
+  placement on the devices and the jitted step are built once; `evaluate` scores variables.
 
   Training and eval.py use the same one. config: the model (or DML peers) and the data.
   """
@@ -141,7 +141,7 @@ class Evaluator:
     self.method = methods.create(config)
     self._step = make_main_branch_eval_step(self.method)
 
-  def run(self, variables: dict[str, Any], attention_temperature: float = 1.0,
+  def evaluate(self, variables: dict[str, Any], attention_temperature: float = 1.0,
           diverged_steps: Any = None) -> dict[str, float]:
     """`evaluate`'s metrics of `variables` ({'params', 'batch_stats'} with the run axis; the
     method's branches are left out) on the split."""
@@ -157,7 +157,7 @@ def _evaluate_and_write(config: ml_collections.ConfigDict, split: str,
   """The Evaluator's metrics of `variables` (run axis first) on `split`, with split,
   num_params and step; process 0 writes them to `path`, whole or not at all."""
   evaluator = Evaluator(config, split)
-  result = evaluator.run(variables, attention_temperature, diverged_steps)
+  result = evaluator.evaluate(variables, attention_temperature, diverged_steps)
   result.update(split=split, num_params=deployable_params(evaluator.method, variables),
                 step=step)
   if jax.process_index() == 0:

@@ -1,8 +1,8 @@
 """Inference export: the main branch's variables plus the description of the plain model.
 
 <export_dir>/variables.msgpack holds {'params', 'batch_stats'} of {backbone, head} only
-(none of the method's branches, no optimizer state); <export_dir>/model.json holds the config fields
-that rebuild the plain model and prepare its input, and a digest of the variables file.
+(none of the method's branches, no optimizer state); <export_dir>/model.json holds the config
+fields that rebuild the plain model and prepare its input, and a digest of the variables file.
 """
 import dataclasses
 import hashlib
@@ -86,8 +86,8 @@ def export(config: ml_collections.ConfigDict, workdir: str, export_dir: str,
 def load_export(export_dir: str) -> Export:
   """Reads an export back and checks the variables against their digest.
 
-  Its config is configs/default.py with the export's model fields and method 'plain'; a field an
-  older export lacks (such as `dtype`) keeps its default.
+  Its config is configs/default.py with the export's model fields and method 'plain'; a
+  field an older export lacks (such as `dtype`) keeps its default.
   """
   try:
     with open(os.path.join(export_dir, DESCRIPTION)) as f:

@@ -48,6 +48,7 @@ from typing import Any
 import ml_collections
 
 from sila_jax import config_checks
+from sila_jax import methods
 from sila_jax.data import folder_data
 from sila_jax.errors import ConfigError
 from sila_jax.experiments import planning
@@ -85,7 +86,7 @@ class Block:
   name: str
   title: str
   grid: dict[str, Any]
-  planned: tuple[planning.Run, ...]
+  planned: tuple[planning.Cell, ...]
 
 
 # ---------------------------------------------------------------------------------------
@@ -144,12 +145,13 @@ def committed_record_files() -> list[str]:
 
 
 def method(config: ml_collections.ConfigDict) -> str:
-  """The throughput records' name of what `config` trains: plain, sila, dml<K>, sila_dml<K>."""
-  base = 'sila' if config.sila.enabled else 'plain'
+  """The throughput records' name of what `config` trains: its method (methods.name: plain,
+  sila, one, ...), and with K > 1 peers dml<K> (plain) or <method>_dml<K>."""
+  base = methods.name(config)
   peers = config.dml.num_peers
   if peers == 1:
     return base
-  return f'dml{peers}' if base == 'plain' else f'sila_dml{peers}'
+  return f'dml{peers}' if base == 'plain' else f'{base}_dml{peers}'
 
 
 def kind(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -397,7 +399,7 @@ def make_estimator(out: str, device_kind: str, throughput: list[str],
 class Computation:
   """Runs of one block that train together; `members` are those not finished yet."""
   block: Block
-  members: tuple[planning.Run, ...]
+  members: tuple[planning.Cell, ...]
   estimate: Estimate
 
 
@@ -749,7 +751,7 @@ def main() -> None:
     run_campaign(campaign.value, out_dir.value, budget_s.value, dry_run=dry_run.value,
                  data_dir=data_dir.value, device_kind=device_kind.value,
                  throughput=tuple(throughput.value))
-  cli.run(run)
+  cli.run_command(run)
 
 
 if __name__ == '__main__':

@@ -34,4 +34,4 @@ def main() -> None:
     running.run_grid(grid_flag.value, out_flag.value, overrides, dry_run=dry_run.value,
                      summarize_only=summarize_only.value, max_runs=max_runs.value,
                      reuse_from=tuple(reuse_from.value))
-  cli.run(run)
+  cli.run_command(run)

@@ -31,7 +31,7 @@ _MACHINE_DEFAULTS = {path: config_checks.get_field(default.get_config(), path)
 
 
 @dataclasses.dataclass(frozen=True)
-class Run:
+class Cell:
   """One cell of the grid: its arm, seed and complete single-run config."""
   arm: str
   seed: int
@@ -94,7 +94,7 @@ def check_grid(grid: dict[str, Any], where: str) -> dict[str, Any]:
   return grid
 
 
-def plan(grid: dict[str, Any], overrides: dict[str, Any]) -> list[Run]:
+def plan(grid: dict[str, Any], overrides: dict[str, Any]) -> list[Cell]:
   """Every (arm, seed) run of `grid`, arm-major, `overrides` applied last."""
   known = config_checks.known_fields()
   seeds = tuple(grid['seeds'])
@@ -119,7 +119,7 @@ def plan(grid: dict[str, Any], overrides: dict[str, Any]) -> list[Run]:
       if config.eval_every_steps == 0:
         raise ConfigError(f'Arm {arm} never validates (eval_every_steps=0); the grid reports '
                           'validation accuracy.')
-      planned.append(Run(arm, seed, config))
+      planned.append(Cell(arm, seed, config))
   return planned
 
 
@@ -132,16 +132,16 @@ def _structure(config: ml_collections.ConfigDict) -> str:
   return digest(neutral.to_dict())
 
 
-def group(pending: list[Run], max_runs: int) -> list[list[Run]]:
+def group(pending: list[Cell], max_runs: int) -> list[list[Cell]]:
   """Runs that can share a computation, in plan order, at most `max_runs` per group."""
-  by_structure: dict[str, list[Run]] = {}
+  by_structure: dict[str, list[Cell]] = {}
   for run in pending:
     by_structure.setdefault(_structure(run.config), []).append(run)
   return [members[i:i + max_runs] for members in by_structure.values()
           for i in range(0, len(members), max_runs)]
 
 
-def group_config(members: list[Run]) -> ml_collections.ConfigDict:
+def group_config(members: list[Cell]) -> ml_collections.ConfigDict:
   """One config training `members` together: num_runs and each run's runs.FIELDS values."""
   config = members[0].config.copy_and_resolve_references()
   config.num_runs = len(members)
@@ -151,6 +151,6 @@ def group_config(members: list[Run]) -> ml_collections.ConfigDict:
   return config
 
 
-def group_workdir(out: str, members: list[Run]) -> str:
+def group_workdir(out: str, members: list[Cell]) -> str:
   """Where `members` train together: <out>/work/<digest of their arms, seeds and configs>."""
   return os.path.join(out, 'work', digest([(r.arm, r.seed, r.digest) for r in members]))

@@ -47,12 +47,12 @@ def history(workdir: str, run: int | None) -> dict[str, list[list[float]]]:
           'val_accuracy': series(metrics.VALIDATION, 'accuracy')}
 
 
-def export_dir(out: str, run: planning.Run) -> str:
+def export_dir(out: str, run: planning.Cell) -> str:
   """Where `run`'s export goes: <out>/exports/<arm>/seed_<s>."""
   return os.path.join(out, 'exports', run.arm, f'seed_{run.seed}')
 
 
-def train_group(members: list[planning.Run], out: str,
+def train_group(members: list[planning.Cell], out: str,
                 export_seeds: tuple[int, ...] = ()) -> str | None:
   """Trains `members` as one computation, exports those whose seed is in `export_seeds` and
   writes each run's result. Returns None, or the stop that cut it short: 'SIGTERM' |
@@ -89,7 +89,7 @@ def train_group(members: list[planning.Run], out: str,
   return None
 
 
-def finished(run: planning.Run, out: str) -> dict[str, Any] | None:
+def finished(run: planning.Cell, out: str) -> dict[str, Any] | None:
   """The run's saved result, if it was made with the run's current config."""
   path = os.path.join(out, run.result_path)
   if not os.path.exists(path):
@@ -99,7 +99,7 @@ def finished(run: planning.Run, out: str) -> dict[str, Any] | None:
   return record if record['config'] == run.digest else None
 
 
-def reuse(planned: list[planning.Run], out: str, others: list[str]) -> int:
+def reuse(planned: list[planning.Cell], out: str, others: list[str]) -> int:
   """Copies into `out` the results in `others` of runs with the same config as a planned
   run not finished in `out`; returns how many."""
   found = {}
@@ -117,13 +117,13 @@ def reuse(planned: list[planning.Run], out: str, others: list[str]) -> int:
   return copied
 
 
-def _save(out: str, run: planning.Run, record: dict[str, Any]) -> None:
+def _save(out: str, run: planning.Cell, record: dict[str, Any]) -> None:
   path = os.path.join(out, run.result_path)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   metrics.write_atomically(path, json.dumps(record, indent=2))
 
 
-def write_summaries(grid: dict[str, Any], planned: list[planning.Run], out: str,
+def write_summaries(grid: dict[str, Any], planned: list[planning.Cell], out: str,
                     command: str, title: str) -> list[dict[str, Any]]:
   """The reports (reports.write) of the finished runs of `planned` in `out`; returns the
   summary rows ([] if none has finished, and writes nothing).

@@ -1,19 +1,22 @@
 """The method interface, and the one path that trains, evaluates and deploys every method.
 
-A method trains each peer of a run (sila_jax/methods/peers.py: K peers, K = 1 a single model; DML
-when K > 1) as one classifier: the deployable {backbone, head} and the branches the method
-adds beside it, which test time drops. A subclass says what differs between methods through
-the hooks below; everything else here is shared, so the train step, evaluation, checkpoints
-and exports take one path for all methods and never ask which one they run.
+A method trains each peer of a run (sila_jax/methods/peers.py: K peers, K = 1 a single
+model; DML when K > 1) as one classifier: the deployable {backbone, head} and the branches
+the method adds beside it, which test time drops. A subclass says what differs between
+methods through the hooks below; everything else here is shared, so the train step,
+evaluation, checkpoints and exports take one path for all methods and never ask which one
+they run.
 
 Hooks (a subclass overrides the first three):
   create_model(config, bn_axis_name): one peer's training model, a Flax module
-    (images (B, H, W, 3), train, attention_temperature, **model_inputs(run)) -> (main logits
-    (B, C), branch outputs: a pytree of (..., B, C) arrays, or None), whose parameters hold
-    the plain classifier's {'backbone', 'head'} and the branches under other keys.
-  model_inputs(run): what that module reads of the run beyond the images (traced scalars).
-  loss(logits, branches, labels, run): one peer's loss and its parts ({'loss', 'loss_main',
-    *metric_names}), with the method's settings from its config and the run.
+    (images (B, H, W, 3), train, attention_temperature, **model_inputs(settings)) -> (main
+    logits (B, C), branch outputs: a pytree of (..., B, C) arrays, or None), whose
+    parameters hold the plain classifier's {'backbone', 'head'} and the branches under other
+    keys.
+  model_inputs(settings): what that module reads of the run's settings (runs.FIELDS, traced
+    scalars) beyond the images.
+  loss(logits, branches, labels, settings): one peer's loss and its parts ({'loss',
+    'loss_main', *metric_names}), from the method's config fields and the run's settings.
   structure_fields, rules, problems(config): the config fields that fix the method's
     parameter tree (a checkpoint must match them), and its config checks.
 """
@@ -62,11 +65,11 @@ class Method:
                    bn_axis_name: str | None) -> nn.Module:
     raise NotImplementedError
 
-  def model_inputs(self, run: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  def model_inputs(self, settings: dict[str, jax.Array]) -> dict[str, jax.Array]:
     return {}
 
   def loss(self, logits: jax.Array, branches: Any, labels: jax.Array,
-           run: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
+           settings: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
     raise NotImplementedError
 
   @classmethod
@@ -85,11 +88,11 @@ class Method:
     return 1.0 if self.attention_schedule is None else self.attention_schedule(step)
 
   def objectives(self, variables: dict[str, Any], batch: dict[str, jax.Array], *,
-                 step: jax.Array, run: dict[str, jax.Array], rng: jax.Array
+                 step: jax.Array, settings: dict[str, jax.Array], rng: jax.Array
                  ) -> tuple[jax.Array, dict[str, Any], tuple[Any, ...]]:
     """Every peer's training objective on `batch` and the new BatchNorm statistics.
 
-    Peer i's objective is its own `loss` plus run['dml_weight'] times its terms from
+    Peer i's objective is its own `loss` plus settings['dml_weight'] times its terms from
     peers.mimicry (none for one peer). The stop-gradient in those terms makes the sum of
     the objectives have, for each peer, the gradient of its own objective.
 
@@ -97,7 +100,7 @@ class Method:
       variables: {'params', 'batch_stats'} in the layout of `init_variables`.
       batch: {'image': (b, H, W, 3) for every peer or (b, K, H, W, 3) one view per peer,
         'label': (b,) int32}.
-      step: the state's step; run: the run's settings (runs.FIELDS); rng: the dropout key.
+      step: the state's step; settings: the run's (runs.FIELDS); rng: the dropout key.
     Returns:
       (objectives (K,), metrics, batch_stats): metrics are `loss` (the objective) and the
       loss parts averaged over peers, the mimicry terms, `accuracy` (peer 0's), under
@@ -106,11 +109,12 @@ class Method:
     attention_temperature = self.attention_temperature(step)
     logits, branches, batch_stats = peers.apply(
         self.groups, variables, batch['image'], train=True, rng=rng,
-        attention_temperature=attention_temperature, **self.model_inputs(run))
+        attention_temperature=attention_temperature, **self.model_inputs(settings))
     peer_losses, peer_metrics = peers.over_peers(self.loss, len(logits), (0, 0, None, None))(
-        logits, branches, batch['label'], run)
+        logits, branches, batch['label'], settings)
     terms = peers.mimicry(logits, self.config.dml.temperature)
-    objectives = sum((run['dml_weight'] * term for term in terms.values()), start=peer_losses)
+    objectives = sum((settings['dml_weight'] * term for term in terms.values()),
+                     start=peer_losses)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'], axis=1)
     metrics = {name: jnp.mean(value) for name, value in {**peer_metrics, **terms}.items()}
     metrics.update(loss=jnp.mean(objectives), accuracy=accuracy[0], **{metrics_lib.PEERS: {

@@ -1,6 +1,7 @@
-"""SiLa losses as ../shared/SILA.md defines them (`twin`, `joint`, head-to-head KL).
+"""The methods' losses: plain cross-entropy, SiLa's (`twin`, `joint`, head-to-head KL),
+DML's mimicry, ONE's, collaborative learning's (CL-ILR) and BYOT's.
 
-Shapes: logits (B, C), Siamese logits (K, B, C), integer labels (B,).
+Shapes: logits (B, C), Siamese logits or other branches' (K, B, C), integer labels (B,).
 """
 import jax
 import jax.numpy as jnp
@@ -87,3 +88,76 @@ def mimicry_loss(logits: jax.Array, temperature: float = 1.0) -> jax.Array:
   pairwise = kl_divergence(logits[None, :], logits[:, None], temperature)
   off_diagonal = 1.0 - jnp.eye(num_peers)[:, :, None]
   return jnp.sum(pairwise * off_diagonal, axis=1) / (num_peers - 1)
+
+
+def one_loss(logits, branches, gate, labels, *, temperature=3.0, label_smoothing=0.0):
+  """ONE (Lan et al. 2018): every branch's CE, the gated ensemble's CE, and each branch's
+  distillation from the ensemble, T^2 KL(sg(p_e,T) || p_i,T).
+
+  Args:
+    logits: branch 0's logits (B, C); branches: the other branches' (m - 1, B, C); gate:
+      (B, m), each row summing to 1; labels: (B,).
+  Returns:
+    (loss, metrics): `loss_main` (branch 0's CE), `loss_branches` (the mean CE of the other
+    branches), `loss_ensemble` and `loss_distill` (the sum over branches, batch mean).
+  """
+  targets = smooth_labels(labels, logits.shape[-1], label_smoothing)
+  every = jnp.concatenate([logits[None], branches])  # (m, B, C)
+  ensemble = jnp.einsum('bm,mbc->bc', gate, every)
+  ce = optax.softmax_cross_entropy(every, targets)  # (m, B)
+  ensemble_ce = optax.softmax_cross_entropy(ensemble, targets)
+  distill = jnp.sum(kl_divergence(ensemble[None], every, temperature), axis=0)
+  loss = jnp.mean(jnp.sum(ce, axis=0) + ensemble_ce + distill)
+  return loss, {'loss': loss, 'loss_main': jnp.mean(ce[0]), 'loss_branches': jnp.mean(ce[1:]),
+                'loss_ensemble': jnp.mean(ensemble_ce), 'loss_distill': jnp.mean(distill)}
+
+
+def clilr_loss(logits, branches, labels, *, beta=0.5, temperature=2.0, label_smoothing=0.0):
+  """Collaborative learning (Song & Chai 2018): head i's loss is beta CE(z_i, y) +
+  (1 - beta) T^2 KL(sg(q_-i) || p_i,T), q_-i the mean over heads j != i of softmax(z_j / T);
+  the heads' losses are summed.
+
+  Args:
+    logits: head 0's logits (B, C); branches: the other heads' (m - 1, B, C), m >= 2.
+  Returns:
+    (loss, metrics): `loss_main` (head 0's CE), `loss_branches` (the other heads' mean CE)
+    and `loss_distill` (the sum over heads of the KL terms, batch mean).
+  """
+  targets = smooth_labels(labels, logits.shape[-1], label_smoothing)
+  every = jnp.concatenate([logits[None], branches])  # (m, B, C)
+  num_heads = every.shape[0]
+  probs = jax.nn.softmax(jax.lax.stop_gradient(every) / temperature)
+  others = (jnp.sum(probs, axis=0, keepdims=True) - probs) / (num_heads - 1)  # q_-i: (m, B, C)
+  log_p = jax.nn.log_softmax(every / temperature)
+  distill = temperature**2 * jnp.sum(
+      jax.scipy.special.xlogy(others, others) - others * log_p, axis=-1)  # (m, B)
+  ce = optax.softmax_cross_entropy(every, targets)
+  loss = jnp.mean(jnp.sum(beta * ce + (1.0 - beta) * distill, axis=0))
+  return loss, {'loss': loss, 'loss_main': jnp.mean(ce[0]), 'loss_branches': jnp.mean(ce[1:]),
+                'loss_distill': jnp.mean(jnp.sum(distill, axis=0))}
+
+
+def byot_loss(logits, shallow_logits, shallow_features, deep_features, labels, *, alpha=0.1,
+              temperature=3.0, feature_weight=1e-6, label_smoothing=0.0):
+  """Be Your Own Teacher (Zhang et al. 2019): the deepest classifier's CE, and for each
+  shallow classifier i (1 - alpha) CE(z_i, y) + alpha T^2 KL(sg(p_deep,T) || p_i,T) +
+  feature_weight ||F_i - sg(F_deep)||^2. alpha = feature_weight = 0 is deep supervision.
+
+  Args:
+    logits: the deepest classifier's (B, C); shallow_logits: (S, B, C); shallow_features:
+      (S, B, D); deep_features: (B, D).
+  Returns:
+    (loss, metrics): `loss_main` (the deepest CE), `loss_shallow` (the shallow classifiers'
+    mean CE), `loss_distill` and `loss_features` (each summed over the shallow ones).
+  """
+  targets = smooth_labels(labels, logits.shape[-1], label_smoothing)
+  main = optax.softmax_cross_entropy(logits, targets)
+  shallow = optax.softmax_cross_entropy(shallow_logits, targets)  # (S, B)
+  distill = kl_divergence(logits[None], shallow_logits, temperature)
+  hint = jnp.sum(jnp.square(shallow_features - jax.lax.stop_gradient(deep_features)), axis=-1)
+  per_example = main + jnp.sum((1.0 - alpha) * shallow + alpha * distill
+                               + feature_weight * hint, axis=0)
+  loss = jnp.mean(per_example)
+  return loss, {'loss': loss, 'loss_main': jnp.mean(main), 'loss_shallow': jnp.mean(shallow),
+                'loss_distill': jnp.mean(jnp.sum(distill, axis=0)),
+                'loss_features': jnp.mean(jnp.sum(hint, axis=0))}

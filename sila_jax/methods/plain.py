@@ -10,5 +10,5 @@ class Plain(base.Method):
   def create_model(self, config, bn_axis_name):
     return model_lib.create_model(config, main_branch_only=True, bn_axis_name=bn_axis_name)
 
-  def loss(self, logits, branches, labels, run):
-    return losses.plain_loss(logits, labels, label_smoothing=run['label_smoothing'])
+  def loss(self, logits, branches, labels, settings):
+    return losses.plain_loss(logits, labels, label_smoothing=settings['label_smoothing'])

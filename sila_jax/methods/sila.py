@@ -28,17 +28,18 @@ class Sila(base.Method):
   def create_model(self, config, bn_axis_name):
     return model_lib.create_model(config, bn_axis_name=bn_axis_name)
 
-  def model_inputs(self, run):
+  def model_inputs(self, settings):
     """The gradient scale where the heads attach: 1 / (1 + lambda * num_heads) with
     rescaling on, else 1."""
-    return {'backbone_grad_scale': 1.0 / (
-        1.0 + run['rescale_backbone_grad'] * run['sila_weight'] * self.config.sila.num_heads)}
+    rescale, weight = settings['rescale_backbone_grad'], settings['sila_weight']
+    return {'backbone_grad_scale': 1.0 / (1.0 + rescale * weight * self.config.sila.num_heads)}
 
-  def loss(self, logits, branches, labels, run):
+  def loss(self, logits, branches, labels, settings):
     sila = self.config.sila
     return losses.sila_loss(logits, branches, labels, variant=sila.variant,
-                            weight=run['sila_weight'], kl_weight=run['sila_kl_weight'],
-                            temperature=sila.temperature, label_smoothing=run['label_smoothing'])
+                            weight=settings['sila_weight'],
+                            kl_weight=settings['sila_kl_weight'], temperature=sila.temperature,
+                            label_smoothing=settings['label_smoothing'])
 
   @classmethod
   def problems(cls, config):

@@ -273,9 +273,8 @@ def create_backbone(name: str, *, width: float = 1.0, dropout_rate: float = 0.0,
                     dynamic_conv: str = 'taps') -> nn.Module:
   """Backbone `name` from BACKBONES computing in `dtype` with the convolution forms
   `peer_conv` (conv.FORMS) and `dynamic_conv` (dynamic_conv.FORMS); dropout applies to Wide
-  ResNets only, `num_kernels` and `dynamic_conv` to the DY (dynamic) ResNets only."""
-  if name not in BACKBONES:
-    raise ValueError(f'Unknown model {name!r}; choose one of {sorted(BACKBONES)}.')
+  ResNets only, `num_kernels` and `dynamic_conv` to the DY (dynamic) ResNets only. Config
+  checks refuse a name not in BACKBONES."""
   kwargs = dict(width=width, bn_axis_name=bn_axis_name, dtype=dtype, peer_conv=peer_conv)
   if name.startswith('wrn'):
     kwargs['dropout_rate'] = dropout_rate

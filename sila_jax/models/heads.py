@@ -68,11 +68,7 @@ class SiameseHeads(nn.Module):
 
   @nn.compact
   def __call__(self, features, stages, train: bool):
-    if self.head not in HEAD_TYPES:
-      raise ValueError(f'Unknown sila.head {self.head!r}; choose one of {HEAD_TYPES}.')
     stage = parse_attach(self.attach)
-    if stage is not None and stage >= len(stages):
-      raise ValueError(f'sila.attach={self.attach!r} but the backbone has {len(stages)} stages.')
     logits = []
     for k in range(self.num_heads):
       inputs = features

@@ -80,16 +80,22 @@ class SilaClassifier(nn.Module):
     return logits.astype(jnp.float32), siamese_logits.astype(jnp.float32)
 
 
+def create_backbone(config: ml_collections.ConfigDict,
+                    bn_axis_name: str | None = None) -> nn.Module:
+  """The backbone `config` describes, computing in config.dtype with its kernel forms."""
+  return backbones.create_backbone(
+      config.model, width=config.width, dropout_rate=config.dropout_rate,
+      bn_axis_name=bn_axis_name, num_kernels=config.dynamic.num_kernels,
+      dtype=DTYPES[config.dtype], **kernel_forms(config.kernels))
+
+
 def create_model(config: ml_collections.ConfigDict, *, main_branch_only: bool = False,
                  bn_axis_name: str | None = None) -> SilaClassifier:
   """The model `config` describes; `main_branch_only` drops the Siamese heads (test time)."""
   num_heads = config.sila.num_heads if config.sila.enabled else 0
   dtype, forms = DTYPES[config.dtype], kernel_forms(config.kernels)
   return SilaClassifier(
-      backbone=backbones.create_backbone(
-          config.model, width=config.width, dropout_rate=config.dropout_rate,
-          bn_axis_name=bn_axis_name, num_kernels=config.dynamic.num_kernels, dtype=dtype,
-          **forms),
+      backbone=create_backbone(config, bn_axis_name),
       num_classes=config.num_classes,
       num_siamese_heads=0 if main_branch_only else num_heads,
       siamese_head=config.sila.head,

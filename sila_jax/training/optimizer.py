@@ -4,7 +4,21 @@ import jax
 import ml_collections
 import optax
 
-SCHEDULES = ('cosine', 'step')
+def _cosine_decay(opt: ml_collections.ConfigDict, num_train_steps: int,
+                  warmup_steps: int) -> optax.Schedule:
+  return optax.cosine_decay_schedule(opt.learning_rate, max(num_train_steps - warmup_steps, 1))
+
+
+def _step_decay(opt: ml_collections.ConfigDict, num_train_steps: int,
+                warmup_steps: int) -> optax.Schedule:
+  boundaries = {int(b * num_train_steps) - warmup_steps: opt.lr_decay_factor
+                for b in opt.lr_boundaries}
+  return optax.piecewise_constant_schedule(opt.learning_rate, boundaries)
+
+
+# optimizer.schedule -> (optimizer config, steps, warm-up steps) -> the rate after warm-up.
+DECAYS = {'cosine': _cosine_decay, 'step': _step_decay}
+SCHEDULES = tuple(DECAYS)
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, num_train_steps: int,
@@ -17,15 +31,7 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, num_train_steps: i
   opt = config.optimizer
   warmup_steps = min(int(opt.warmup_epochs * steps_per_epoch), num_train_steps)
   warmup = optax.linear_schedule(0.0, opt.learning_rate, warmup_steps)
-  if opt.schedule == 'cosine':
-    decay = optax.cosine_decay_schedule(opt.learning_rate,
-                                        max(num_train_steps - warmup_steps, 1))
-  elif opt.schedule == 'step':
-    boundaries = {int(b * num_train_steps) - warmup_steps: opt.lr_decay_factor
-                  for b in opt.lr_boundaries}
-    decay = optax.piecewise_constant_schedule(opt.learning_rate, boundaries)
-  else:
-    raise ValueError(f'Unknown optimizer.schedule {opt.schedule!r}; choose one of {SCHEDULES}.')
+  decay = DECAYS[opt.schedule](opt, num_train_steps, warmup_steps)
   return optax.join_schedules([warmup, decay], [warmup_steps])
 
 

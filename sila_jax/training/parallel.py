@@ -12,7 +12,6 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 AXIS = 'data'  # The mesh axis the per-device step runs in: gradients and statistics average over it.
-KINDS = ('shard_map', 'pmap')
 
 
 def data_mesh(devices: Sequence[jax.Device]) -> Mesh:
@@ -79,10 +78,10 @@ def shard_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[s
       lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
+WRAPPERS = {'shard_map': ShardMapParallel, 'pmap': PmapParallel}  # config.parallel -> class.
+KINDS = tuple(WRAPPERS)
+
+
 def create_parallel(kind: str, step_fn: Callable, devices: Sequence[jax.Device]):
-  """The wrapper named by `config.parallel` around `step_fn`."""
-  if kind == 'shard_map':
-    return ShardMapParallel(step_fn, devices)
-  if kind == 'pmap':
-    return PmapParallel(step_fn, devices)
-  raise ValueError(f'Unknown parallel {kind!r}; choose one of {KINDS}.')
+  """The wrapper named by `config.parallel` (one of KINDS) around `step_fn`."""
+  return WRAPPERS[kind](step_fn, devices)

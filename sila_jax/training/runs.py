@@ -22,7 +22,8 @@ FIELDS = {'seed': 'seed', 'sila_weight': 'sila.weight', 'sila_kl_weight': 'sila.
           'dml_weight': 'dml.weight', 'label_smoothing': 'label_smoothing',
           'loss_scale': 'loss_scale', 'learning_rate': 'optimizer.learning_rate',
           'weight_decay': 'optimizer.weight_decay',
-          'rescale_backbone_grad': 'sila.rescale_backbone_grad'}
+          'rescale_backbone_grad': 'sila.rescale_backbone_grad', 'clilr_beta': 'clilr.beta',
+          'byot_alpha': 'byot.alpha'}
 # The most models (num_runs x dml.num_peers) one computation holds: the step applies each
 # one's convolutions on their own (kernels.peer_conv), so start-up grows with their number.
 MAX_MODELS = 256
@@ -82,7 +83,8 @@ def vmap_step(step_fn: Callable, config: ml_collections.ConfigDict,
   """(state, batch) -> step_fn(state_r, batch_r, settings_r) for every run r; state leaves
   (R, ...) but the step (as `init` makes them), metrics (R,).
 
-  step_fn: (state, batch, run) -> (state, metrics), `run` being {name in FIELDS: scalar}.
+  step_fn: (state, batch, settings) -> (state, metrics), `settings` being {name in FIELDS:
+    scalar}, the run's.
   batch_axis: the batch's run axis, or None when every run reads the same batch (the
   device-resident shard, from which each run draws its own examples).
   """

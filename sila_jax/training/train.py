@@ -75,7 +75,7 @@ class Plan:
 class Learner:
   """What trains: the method, its per-run update step and its initial state."""
   method: methods.Method
-  step_fn: Callable  # (state, batch, run) -> (state, metrics): train_step.make_train_step.
+  step_fn: Callable  # (state, batch, settings) -> (state, metrics): train_step.make_train_step.
   initial_state: Callable[[], Any]  # () -> state with every leaf but `step` stacked (R, ...).
   attention_temperature: Callable[[int], float]  # step -> DynamicConv's attention temperature.
 
@@ -350,7 +350,7 @@ def validate(step: int, state: Any, diverged_steps: np.ndarray, learner: Learner
   """Validates `state` after `step` (its main branch), records the metrics and makes it the
   best checkpoint if it is; returns the metrics. `diverged_steps` (R,): as _check_finite."""
   temperature = learner.attention_temperature(step)
-  metrics = evaluator.run({'params': state.params, 'batch_stats': state.batch_stats},
+  metrics = evaluator.evaluate({'params': state.params, 'batch_stats': state.batch_stats},
                           temperature, diverged_steps)
   writer.write(metrics_lib.VALIDATION, step, metrics)
   checkpoints.save_if_best(state, temperature, metrics['accuracy'])

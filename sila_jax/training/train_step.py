@@ -1,9 +1,9 @@
 """The per-device train step of one run, run under a `data` axis by both wrappers (and
-under runs.vmap_step's vmap over runs): that of the run's K peers (sila_jax/methods/peers.py), a
-single model being K = 1.
+under runs.vmap_step's vmap over runs): that of the run's K peers
+(sila_jax/methods/peers.py), a single model being K = 1.
 
 What it trains is the method's (sila_jax/methods/): the step asks nothing of it but its
-peers' objectives. `run` holds the run's numeric settings (runs.FIELDS: 'seed',
+peers' objectives. `settings` holds the run's numeric settings (runs.FIELDS: 'seed',
 'sila_weight', 'learning_rate', 'rescale_backbone_grad', ...), scalars that may be traced.
 
 A run diverges at the first step whose loss, new parameters or new BatchNorm statistics are
@@ -82,13 +82,13 @@ def _finish(state: TrainState, grads: Any, params: Any, batch_stats: Any, opt_st
   return state, metrics
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], run: dict[str, jax.Array], *,
+def train_step(state: TrainState, batch: dict[str, jax.Array], settings: dict[str, jax.Array], *,
                method: methods.Method, optimizer: Callable, learning_rate: Callable
                ) -> tuple[TrainState, dict[str, Any]]:
   """One SGD step of a run's K peers (K = 1: a single model) on this device's share of the
   batch, inside a `data` axis, whatever the method.
 
-  One gradient of run['loss_scale'] times the sum of the peers' objectives
+  One gradient of settings['loss_scale'] times the sum of the peers' objectives
   (method.objectives) updates every peer; each peer's optimizer state updates under
   peers.over_peers.
 
@@ -97,22 +97,23 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], run: dict[str, ja
     batch: {'image': (b, H, W, 3) for every peer or (b, K, H, W, 3) one view per peer,
       'label': (b,) int32}, b = per-device batch.
     method: built with `bn_axis_name=AXIS`, so BatchNorm statistics span all devices.
-    optimizer: run -> the run's optax optimizer; learning_rate: (step, run) -> its rate.
+    optimizer: settings -> the run's optax optimizer; learning_rate: (step, settings) -> its
+      rate.
   Returns:
     The new state (identical on every device) and method.objectives' metrics averaged over
     devices, with `learning_rate` and method.schedule_metrics.
   """
   def loss_and_aux(params):
     objectives, metrics, batch_stats = method.objectives(
-        {'params': params, 'batch_stats': state.batch_stats}, batch, step=state.step, run=run,
+        {'params': params, 'batch_stats': state.batch_stats}, batch, step=state.step, settings=settings,
         rng=_dropout_rng(state))
-    return run['loss_scale'] * jnp.sum(objectives), (metrics, batch_stats)
+    return settings['loss_scale'] * jnp.sum(objectives), (metrics, batch_stats)
 
   grads, (metrics, batch_stats) = jax.grad(loss_and_aux, has_aux=True)(state.params)
   grads, metrics = collectives.device_mean((grads, metrics), AXIS)
-  metrics.update(learning_rate=learning_rate(state.step, run),
+  metrics.update(learning_rate=learning_rate(state.step, settings),
                  **method.schedule_metrics(state.step))
-  tx = optimizer(run)
+  tx = optimizer(settings)
   params, opt_state = [], []
   for (_, size), group_grads, group_opt_state, group_params in zip(
       method.groups, grads, state.opt_state, state.params):
@@ -128,7 +129,7 @@ def make_train_step(method: methods.Method, schedule: optax.Schedule, config) ->
   config's schedule scaled to the run's peak, with the run's weight decay."""
   return functools.partial(
       train_step, method=method,
-      optimizer=lambda run: optimizer_lib.create_optimizer(
-          config, schedule, run['learning_rate'], run['weight_decay']),
-      learning_rate=lambda step, run: optimizer_lib.scaled_schedule(
-          config, schedule, run['learning_rate'])(step))
+      optimizer=lambda settings: optimizer_lib.create_optimizer(
+          config, schedule, settings['learning_rate'], settings['weight_decay']),
+      learning_rate=lambda step, settings: optimizer_lib.scaled_schedule(
+          config, schedule, settings['learning_rate'])(step))

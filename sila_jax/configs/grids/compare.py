@@ -16,8 +16,13 @@ def get_grid():
           'sila_dml': {'dml.num_peers': 2},
           'dy_plain': {'model': 'dy_resnet20', 'sila.weight': 0.0},
           'dy_sila': {'model': 'dy_resnet20'},
+          # SiLa's neighbours (sila_jax/methods/): their papers' defaults.
+          'one': {'method': 'one'},
+          'clilr': {'method': 'clilr'},
+          'byot': {'method': 'byot'},
       },
       'seeds': recipe.SEEDS,
       'baselines': ('plain',),
-      'caption': 'SiLa, DML (2 peers), SiLa + DML, and DY-ResNet-20 with and without SiLa.',
+      'caption': ('SiLa, DML (2 peers), SiLa + DML, DY-ResNet-20 with and without SiLa, and '
+                  "SiLa's neighbours ONE (3 branches), CL-ILR (2 heads) and BYOT."),
   }

@@ -86,8 +86,8 @@ def export(config: ml_collections.ConfigDict, workdir: str, export_dir: str,
 def load_export(export_dir: str) -> Export:
   """Reads an export back and checks the variables against their digest.
 
-  Its config is configs/default.py with the export's model fields and method 'plain'; a
-  field an older export lacks (such as `dtype`) keeps its default.
+  Its config is configs/default.py with the export's model fields and SiLa off (plain
+  training); a field an older export lacks (such as `dtype`) keeps its default.
   """
   try:
     with open(os.path.join(export_dir, DESCRIPTION)) as f:
@@ -102,6 +102,6 @@ def load_export(export_dir: str) -> Export:
   config = default.get_config()
   config.update_from_flattened_dict({k: tuple(v) if isinstance(v, list) else v
                                      for k, v in description['model'].items()})
-  config.method = 'plain'  # What ships is the plain classifier, whatever trained it.
+  config.sila.enabled = False  # Plain training's config: what ships, whatever trained it.
   return Export(config, flax.serialization.msgpack_restore(payload), description['step'],
                 description['attention_temperature'])

@@ -1,8 +1,8 @@
 """Input: decoded splits as uint8 arrays; batches drawn and augmented inside the train step.
 
 Training reads one even shard of the split per device (strided: shard i of D holds examples
-i, i + D, ...), which run r (sila_jax/training/runs.py; one run unless config.num_runs > 1) streams
-with the seed `seed_r + i`. The n-th example of a shard's stream is example
+i, i + D, ...), which run r (sila_jax/training/runs.py; config.num_runs runs) streams with
+the seed `seed_r + i`. The n-th example of a shard's stream is example
 `order_e[n mod s]` of the shard (s its size, e = n // s its epoch, order_e a permutation
 drawn from (seed, e)), cropped and flipped with a key drawn from (seed, n). A step's batch
 is a pure function of (seed, shard, step): resuming needs nothing but the step.

@@ -73,7 +73,11 @@ GUESS = {
     'eval_speedup': 3.0,  # A validation image costs a third of a training image.
     'eval_fixed_s': 0.5,  # Per validation: its best-checkpoint save, the fetch.
     'checkpoint_s': 0.5,
-    'float32': 1.5, 'sila': 1.1, 'dml_per_peer': 1.0, 'dynamic': 3.0,
+    'float32': 1.5, 'dml_per_peer': 1.0, 'dynamic': 3.0,
+    # One model of a method against plain training: SiLa's head; ONE's 2 and CL-ILR's 1 extra
+    # copies of the last stage (a third of a CIFAR ResNet's convolutions each); BYOT's
+    # shallow classifiers.
+    'methods': {'sila': 1.1, 'one': 1.7, 'clilr': 1.35, 'byot': 1.15},
     'narrow_accelerator': 0.75,  # width < 1: a GPU at batch 128 is far from FLOP-bound.
     'cifar10_per_class': 5000,  # The CIFAR-10 training folder, where data_dir is absent.
 }
@@ -152,6 +156,15 @@ def method(config: ml_collections.ConfigDict) -> str:
   if peers == 1:
     return base
   return f'dml{peers}' if base == 'plain' else f'{base}_dml{peers}'
+
+
+def _method_and_peers(name: str) -> tuple[str, int]:
+  """`method`'s name taken apart: 'dml2' -> ('plain', 2), 'one_dml3' -> ('one', 3),
+  'sila' -> ('sila', 1)."""
+  base, dml, peers = name.rpartition('dml')
+  if not dml:
+    return name, 1
+  return base.removesuffix('_') or 'plain', int(peers)
 
 
 def kind(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -239,12 +252,11 @@ class Estimator:
                 else cell['width'] ** 2)
       moves.append(('width', REFERENCE['width'], narrow if cell['width'] < 1
                     else cell['width'] ** 2, f'width {cell["width"]:g}'))
-    base = 'sila' if cell['method'].startswith('sila') else 'plain'
-    if cell['method'] != base:  # DML peers: from DML-2 against plain.
-      peers = int(cell['method'].rsplit('dml', 1)[1])
+    base, peers = _method_and_peers(cell['method'])
+    if peers > 1:  # DML peers: from DML-2 against plain.
       moves.append(('method', base, peers * GUESS['dml_per_peer'], cell['method']))
-    if base == 'sila':
-      moves.append(('method', 'plain', GUESS['sila'], 'sila'))
+    if base != 'plain':
+      moves.append(('method', 'plain', GUESS['methods'][base], base))
     return moves
 
   def _reduce(self, cell: dict[str, Any]) -> tuple[dict[str, Any], float, list[str]]:
@@ -254,8 +266,8 @@ class Estimator:
     for field, value, guess, label in self._substitutions(cell):
       if self._matching(cell):
         break
-      if field == 'method' and 'dml' in cell['method']:
-        peers = int(cell['method'].rsplit('dml', 1)[1])
+      if field == 'method' and _method_and_peers(cell['method'])[1] > 1:
+        peers = _method_and_peers(cell['method'])[1]
         two, note = self._factor({**cell, 'method': 'dml2'}, 'method', 'plain',
                                  2 * GUESS['dml_per_peer'], 'DML-2')
         step_factor = two * peers / 2

@@ -105,8 +105,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], settings: dict[st
   """
   def loss_and_aux(params):
     objectives, metrics, batch_stats = method.objectives(
-        {'params': params, 'batch_stats': state.batch_stats}, batch, step=state.step, settings=settings,
-        rng=_dropout_rng(state))
+        {'params': params, 'batch_stats': state.batch_stats}, batch, step=state.step,
+        settings=settings, rng=_dropout_rng(state))
     return settings['loss_scale'] * jnp.sum(objectives), (metrics, batch_stats)
 
   grads, (metrics, batch_stats) = jax.grad(loss_and_aux, has_aux=True)(state.params)

@@ -1,7 +1,9 @@
-"""SiLa against and with Deep Mutual Learning, on a static and a dynamic network.
+"""SiLa against and with Deep Mutual Learning, on a static and a dynamic network, and
+beside its neighbours ONE, CL-ILR and BYOT.
 
 Arms with sila.weight = 0 (twin loss, kl_weight 0) are the plain models (their Siamese
-heads receive no gradient), so each pair below trains as one computation. DML runs report peer 0's accuracy.
+heads receive no gradient), so each pair below trains as one computation. DML runs report
+peer 0's accuracy.
 """
 from sila_jax.configs.grids import recipe
 

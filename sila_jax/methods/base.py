@@ -20,6 +20,7 @@ Hooks (a subclass overrides the first three):
   structure_fields, rules, problems(config): the config fields that fix the method's
     parameter tree (a checkpoint must match them), and its config checks.
 """
+import abc
 from typing import Any, Callable, ClassVar, Iterator
 
 import flax.linen as nn
@@ -36,7 +37,7 @@ from sila_jax.training import runs
 Rule = tuple[Callable[[Any], bool], str]  # (what a valid value passes, what it must be).
 
 
-class Method:
+class Method(abc.ABC):
   """A training method for `config`'s peers.
 
   bn_axis_name: the mesh axis BatchNorm statistics span in training (parallel.AXIS).
@@ -61,16 +62,19 @@ class Method:
 
   # The hooks.
 
+  @abc.abstractmethod
   def create_model(self, config: ml_collections.ConfigDict,
                    bn_axis_name: str | None) -> nn.Module:
-    raise NotImplementedError
+    """One peer's training model for its config (peers.peer_config)."""
 
   def model_inputs(self, settings: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """The training model's inputs beyond the images, from the run's settings."""
     return {}
 
+  @abc.abstractmethod
   def loss(self, logits: jax.Array, branches: Any, labels: jax.Array,
            settings: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
-    raise NotImplementedError
+    """One peer's loss and its parts, from its logits (B, C), branch outputs and labels."""
 
   @classmethod
   def problems(cls, config: ml_collections.ConfigDict) -> Iterator[str]:

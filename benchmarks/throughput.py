@@ -25,10 +25,10 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from sila_jax import methods
 from sila_jax.commands import cli
 from sila_jax.configs import default
 from sila_jax.data import input_pipeline
-from sila_jax.models import branches
 from sila_jax.training import metrics
 from sila_jax.training import train
 
@@ -42,6 +42,11 @@ FIRST = [('resnet18', 'plain', 'device', 'bfloat16'), ('resnet20', 'plain', 'dev
          ('resnet20', 'plain', 'host', 'bfloat16')]
 
 
+def config_method(method: str) -> str:
+  """The config.method of a METHODS name: dml2 trains plain peers."""
+  return 'plain' if method == 'dml2' else method
+
+
 def cell_config(model, method, input_kind, dtype, args, data_dir, split):
   """The run of one cell: `--steps`-step log intervals, no validation, one device."""
   config = default.get_config()
@@ -50,7 +55,7 @@ def cell_config(model, method, input_kind, dtype, args, data_dir, split):
                 batch_size=args.batch_size, eval_batch_size=args.batch_size,
                 num_train_steps=3 * args.steps, log_every_steps=args.steps, eval_every_steps=0,
                 checkpoint_every_steps=10 * args.steps, distributed='off')
-  config.method = 'plain' if method == 'dml2' else method
+  config.method = config_method(method)
   config.dml.num_peers = 2 if method == 'dml2' else 1
   return config
 
@@ -97,10 +102,18 @@ class CachedSources:
     return self._sources[key]
 
 
+def method_takes(method: str, model: str) -> bool:
+  """Whether `method` (a METHODS name) trains `model`: its config checks find nothing."""
+  config = default.get_config()
+  config.update(model=model, method=config_method(method))
+  return not list(methods.METHODS[config.method].problems(config))
+
+
 def cells(args):
-  """The grid's cells, FIRST first; ONE and CL-ILR only on the CIFAR ResNets they take."""
+  """The grid's cells, FIRST first; only those whose method takes the model (ONE and CL-ILR
+  take the CIFAR ResNets)."""
   grid = [c for c in itertools.product(args.models, args.methods, args.inputs, args.dtypes)
-          if c[1] not in ('one', 'clilr') or c[0] in branches.BRANCHED_BACKBONES]
+          if method_takes(c[1], c[0])]
   return [c for c in FIRST if c in grid] + [c for c in grid if c not in FIRST]
 
 

@@ -121,7 +121,10 @@ def _value_problems(config: ml_collections.ConfigDict, num_devices: int,
              'optimizer.schedule': optimizer.SCHEDULES, 'parallel': parallel.KINDS,
              'distributed': distributed.MODES, 'dtype': model_lib.DTYPES,
              'kernels.peer_conv': ('auto', *conv.FORMS),
-             'kernels.dynamic_conv': ('auto', *dynamic_conv.FORMS)}
+             'kernels.dynamic_conv': ('auto', *dynamic_conv.FORMS),
+             # Each method's own (methods.base.Method.choices).
+             **{path: allowed for method in methods.METHODS.values()
+                for path, allowed in method.choices.items()}}
   for path, allowed in choices.items():
     value = get_field(config, path)
     if value not in allowed:

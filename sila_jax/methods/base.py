@@ -17,11 +17,11 @@ Hooks (a subclass overrides the first three):
     scalars) beyond the images.
   loss(logits, branches, labels, settings): one peer's loss and its parts ({'loss',
     'loss_main', *metric_names}), from the method's config fields and the run's settings.
-  structure_fields, rules, problems(config): the config fields that fix the method's
-    parameter tree (a checkpoint must match them), and its config checks.
+  structure_fields, choices, rules, problems(config): the config fields that fix the
+    method's parameter tree (a checkpoint must match them), and its config checks.
 """
 import abc
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterable, Iterator
 
 import flax.linen as nn
 import jax
@@ -46,6 +46,7 @@ class Method(abc.ABC):
   """
   structure_fields: ClassVar[tuple[str, ...]] = ()
   metric_names: ClassVar[tuple[str, ...]] = ()
+  choices: ClassVar[dict[str, Iterable[str]]] = {}  # Field -> its allowed values.
   rules: ClassVar[dict[str, Rule]] = {}
 
   def __init__(self, config: ml_collections.ConfigDict, *, bn_axis_name: str | None = None,
@@ -78,7 +79,7 @@ class Method(abc.ABC):
 
   @classmethod
   def problems(cls, config: ml_collections.ConfigDict) -> Iterator[str]:
-    """What is wrong with `config`'s settings of this method, beyond `rules`."""
+    """What is wrong with `config`'s settings of this method, beyond `choices` and `rules`."""
     return iter(())
 
   # The one path.

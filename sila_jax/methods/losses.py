@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+
 def smooth_labels(labels: jax.Array, num_classes: int, smoothing: float) -> jax.Array:
   """Integer labels (B,) -> smoothed one-hot targets (B, C)."""
   one_hot = jax.nn.one_hot(labels, num_classes)

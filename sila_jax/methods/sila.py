@@ -15,6 +15,7 @@ class Sila(base.Method):
   are their logits (S, B, C)."""
   structure_fields = ('sila.enabled', 'sila.num_heads', 'sila.head', 'sila.attach')
   metric_names = ('loss_siamese', 'loss_kl')
+  choices = {'sila.variant': losses.VARIANTS, 'sila.head': heads.HEAD_TYPES}
   rules = {
       'sila.num_heads': (lambda v: 0 < v <= heads.MAX_SIAMESE_HEADS,
                          f'must be in 1..{heads.MAX_SIAMESE_HEADS} (each head is a module of '
@@ -44,10 +45,6 @@ class Sila(base.Method):
   @classmethod
   def problems(cls, config):
     sila = config.sila
-    for path, allowed in {'sila.variant': losses.VARIANTS, 'sila.head': heads.HEAD_TYPES}.items():
-      value = sila[path.split('.')[1]]
-      if value not in allowed:
-        yield f"Unknown {path} {value!r}; choose one of {', '.join(allowed)}."
     try:
       stage = heads.parse_attach(sila.attach)
     except ValueError as e:

@@ -49,6 +49,13 @@ def _scale_gradient_backward(scale, gradient):
 scale_gradient.defvjp(_scale_gradient_forward, _scale_gradient_backward)
 
 
+def inputs(backbone: nn.Module, attention_temperature: Any) -> dict[str, Any]:
+  """The keyword inputs `backbone` takes beyond the images and `train`: a DY backbone's
+  attention temperature; none for a static one."""
+  return ({'attention_temperature': attention_temperature}
+          if getattr(backbone, 'dynamic', False) else {})
+
+
 def end_of_stage(x: jax.Array, stage: int, split: tuple[int, Any] | None) -> jax.Array:
   """Stage `stage`'s output x, its gradient scaled by split[1] if split[0] is that stage."""
   return scale_gradient(x, split[1]) if split is not None and split[0] == stage else x
@@ -126,6 +133,20 @@ class BasicBlock(nn.Module):
     return nn.relu(y + shortcut)
 
 
+def residual_stage(x: jax.Array, blocks: int, features: int, strides: int, norm: ModuleDef,
+                   conv: ModuleDef, dynamic: ModuleDef | None, attention_temperature: Any,
+                   projection: bool = False) -> jax.Array:
+  """A ResNet stage of `blocks` BasicBlocks at `features` channels, the first with `strides`,
+  created in the calling module (BasicBlock_<n> in its numbering)."""
+  for block in range(blocks):
+    x = BasicBlock(features, strides if block == 0 else 1, norm, conv, projection=projection,
+                   dynamic=dynamic)(x, attention_temperature)
+  return x
+
+
+CIFAR_STAGES = (16, 32, 64)  # A CIFAR ResNet's stages' channels, before the width.
+
+
 class CifarResNet(nn.Module):
   """CIFAR ResNet-(6n+2): three stages of n blocks at 16, 32, 64 channels.
 
@@ -152,11 +173,9 @@ class CifarResNet(nn.Module):
                                                           attention_temperature)
     x = nn.relu(norm()(x))
     stages = []
-    for stage, channels in enumerate((16, 32, 64)):
-      for block in range(blocks):
-        strides = 2 if stage > 0 and block == 0 else 1
-        x = BasicBlock(scaled(channels, self.width), strides, norm, conv,
-                       dynamic=dynamic)(x, attention_temperature)
+    for stage, channels in enumerate(CIFAR_STAGES):
+      x = residual_stage(x, blocks, scaled(channels, self.width), 2 if stage > 0 else 1, norm,
+                         conv, dynamic, attention_temperature)
       x = end_of_stage(x, stage, split)
       stages.append(x)
     return jnp.mean(x, axis=(1, 2)), tuple(stages)
@@ -185,10 +204,8 @@ class ResNet18(nn.Module):
     x = nn.relu(norm()(x))
     stages = []
     for stage, blocks in enumerate(self.stage_sizes):
-      for block in range(blocks):
-        strides = 2 if stage > 0 and block == 0 else 1
-        x = BasicBlock(scaled(64 * 2**stage, self.width), strides, norm, conv, projection=True,
-                       dynamic=dynamic)(x, attention_temperature)
+      x = residual_stage(x, blocks, scaled(64 * 2**stage, self.width), 2 if stage > 0 else 1,
+                         norm, conv, dynamic, attention_temperature, projection=True)
       x = end_of_stage(x, stage, split)
       stages.append(x)
     return jnp.mean(x, axis=(1, 2)), tuple(stages)

@@ -16,7 +16,6 @@ import jax.numpy as jnp
 from sila_jax.models import backbones
 from sila_jax.models.heads import ClassifierHead
 
-CIFAR_STAGES = (16, 32, 64)  # Channels of a CIFAR ResNet's stages, before the width.
 MAX_BRANCHES = 8  # Each is a copy of the last stage: start-up grows with their number.
 # The backbones BranchedClassifier takes: the CIFAR ResNets, static and dynamic.
 BRANCHED_BACKBONES = tuple(name for name in backbones.BACKBONES
@@ -42,19 +41,18 @@ class LastStage(backbones.CifarResNet):
 
   @nn.compact
   def __call__(self, x, train: bool, attention_temperature=1.0):
-    norm = backbones.batch_norm(train, self.bn_axis_name)
     conv, dynamic = backbones.resnet_convs(self)
-    for block in range((self.depth - 2) // 6):
-      x = backbones.BasicBlock(backbones.scaled(CIFAR_STAGES[-1], self.width),
-                               2 if block == 0 else 1, norm, conv,
-                               dynamic=dynamic)(x, attention_temperature)
+    x = backbones.residual_stage(x, (self.depth - 2) // 6,
+                                 backbones.scaled(backbones.CIFAR_STAGES[-1], self.width), 2,
+                                 backbones.batch_norm(train, self.bn_axis_name), conv, dynamic,
+                                 attention_temperature)
     return jnp.mean(x, axis=(1, 2))
 
 
 class BranchedClassifier(nn.Module):
   """A CIFAR ResNet (`backbone`, a backbones.CifarResNet) and its head as branch 0, and
-  `num_branches - 1` more branches under 'branches' ('branch_<i>': a LastStage copy and a
-  head) on the output of the shared lower stages; with `gate`, ONE's gate under 'gate'
+  `num_branches - 1` more branches under 'branches' (Branches: 'stage_<i>', a LastStage
+  copy, and 'head_<i>') on the output of the shared lower stages; with `gate`, ONE's gate under 'gate'
   (pooled shared features -> linear -> softmax over the branches).
 
   images (B, H, W, 3) -> (logits (B, C), {'branches': (m - 1, B, C)} and, with the gate,
@@ -69,7 +67,7 @@ class BranchedClassifier(nn.Module):
 
   @nn.compact
   def __call__(self, images, train: bool, attention_temperature=1.0, trunk_grad_scale=1.0):
-    shared_stage = len(CIFAR_STAGES) - 2
+    shared_stage = len(backbones.CIFAR_STAGES) - 2
     features, stages = self.backbone(images, train=train,
                                      attention_temperature=attention_temperature,
                                      split=(shared_stage, trunk_grad_scale))
@@ -146,10 +144,8 @@ class SelfDistilledClassifier(nn.Module):
 
   @nn.compact
   def __call__(self, images, train: bool, attention_temperature=1.0):
-    kwargs = {}
-    if getattr(self.backbone, 'dynamic', False):
-      kwargs['attention_temperature'] = attention_temperature
-    features, stages = self.backbone(images, train=train, **kwargs)
+    features, stages = self.backbone(
+        images, train=train, **backbones.inputs(self.backbone, attention_temperature))
     logits = ClassifierHead(self.num_classes, dtype=self.dtype, name='head')(features)
     shallow = ShallowClassifiers(self.num_classes, stages[-1].shape[1], features.shape[-1],
                                  self.bn_axis_name, self.dtype, self.peer_conv,

@@ -62,9 +62,7 @@ class SilaClassifier(nn.Module):
     log-sum-exp need float32's range and precision.
     """
     stage = heads.parse_attach(self.attach) if self.num_siamese_heads else None
-    kwargs = {}
-    if getattr(self.backbone, 'dynamic', False):
-      kwargs['attention_temperature'] = attention_temperature
+    kwargs = backbones.inputs(self.backbone, attention_temperature)
     if stage is not None:
       kwargs['split'] = (stage, backbone_grad_scale)
     features, stages = self.backbone(images, train=train, **kwargs)

@@ -77,7 +77,10 @@ class Learner:
   method: methods.Method
   step_fn: Callable  # (state, batch, settings) -> (state, metrics): train_step.make_train_step.
   initial_state: Callable[[], Any]  # () -> state with every leaf but `step` stacked (R, ...).
-  attention_temperature: Callable[[int], float]  # step -> DynamicConv's attention temperature.
+
+  def attention_temperature(self, step: int) -> float:
+    """DynamicConv's attention temperature at `step` (the method's schedule)."""
+    return float(self.method.attention_temperature(step))
 
 
 def plan_run(config: ml_collections.ConfigDict) -> Plan:
@@ -121,8 +124,7 @@ def build_learner(config: ml_collections.ConfigDict, plan: Plan) -> Learner:
   image_shape = (config.image_size, config.image_size, 3)
   return Learner(
       method=method, step_fn=train_step_lib.make_train_step(method, schedule, config),
-      initial_state=lambda: runs.init(lambda key: create_state(key, image_shape), config),
-      attention_temperature=lambda step: float(method.attention_temperature(step)))
+      initial_state=lambda: runs.init(lambda key: create_state(key, image_shape), config))
 
 
 def describe_run(config: ml_collections.ConfigDict, plan: Plan, start_step: int) -> dict:

@@ -2,6 +2,7 @@
 import glob
 import os
 
+import numpy as np
 import pytest
 
 from sila_jax.training import metrics
@@ -60,12 +61,16 @@ def test_no_records_read_as_nothing(tmp_path):
     ('run_2/loss_main', metrics.Name('loss_main', run=2)),
     ('run_2/peer_0/loss', metrics.Name('loss', run=2, peer=0)),
     ('run_0/ensemble/accuracy', metrics.Name('accuracy', run=0, ensemble=True)),
+    ('branch_2/accuracy', metrics.Name('accuracy', branch=2)),
+    ('run_1/peer_0/branch_ensemble/loss',
+     metrics.Name('loss', run=1, peer=0, branch_ensemble=True)),
     ('peer_x/loss', metrics.Name('peer_x/loss')),  # Not a peer's: a name of its own.
 ])
 def test_names_are_built_and_parsed_by_one_pair_of_functions(written, parsed):
   assert metrics.parse(written) == parsed
-  assert metrics.name(parsed.metric, run=parsed.run, peer=parsed.peer,
-                      ensemble=parsed.ensemble) == str(parsed) == written
+  assert metrics.name(parsed.metric, run=parsed.run, peer=parsed.peer, ensemble=parsed.ensemble,
+                      branch=parsed.branch, branch_ensemble=parsed.branch_ensemble
+                      ) == str(parsed) == written
   assert parsed.prefix == written[:-len(parsed.metric)].rstrip('/')
 
 
@@ -76,6 +81,23 @@ def test_names_a_run_gives_flattened_names_parse_whole():
     metrics.name('loss', peer=1, ensemble=True)
   with pytest.raises(ValueError, match="Not a metric name: ''"):
     metrics.parse('')
+  with pytest.raises(ValueError, match='ensemble has no branches'):
+    metrics.name('loss', ensemble=True, branch=1)
+
+
+def test_flatten_names_every_peer_and_branch():
+  tree = {'count': np.array([4, 4]),  # Two runs, K = 2 peers, m = 3 branches.
+          metrics.PEERS: {'loss': np.arange(4).reshape(2, 2)},
+          metrics.BRANCHES: {'loss': np.arange(12).reshape(2, 2, 3)},
+          metrics.BRANCH_ENSEMBLE: {'loss': np.arange(4).reshape(2, 2) + 10}}
+  flat = metrics.flatten(tree)
+  assert sorted(flat) == sorted(['count', 'peer_0/loss', 'peer_1/loss', *(
+      f'peer_{i}/branch_{j}/loss' for i in range(2) for j in range(3)),
+      'peer_0/branch_ensemble/loss', 'peer_1/branch_ensemble/loss'])
+  np.testing.assert_array_equal(flat['peer_1/branch_2/loss'], [5, 11])
+  np.testing.assert_array_equal(flat['peer_0/branch_ensemble/loss'], [10, 12])
+  one_peer = metrics.flatten({metrics.BRANCHES: {'loss': np.arange(6).reshape(2, 1, 3)}})
+  assert sorted(one_peer) == ['branch_0/loss', 'branch_1/loss', 'branch_2/loss']
 
 
 def test_a_file_is_written_whole_or_not_at_all(tmp_path):

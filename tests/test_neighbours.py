@@ -1,5 +1,8 @@
 """SiLa's neighbours ONE, CL-ILR and BYOT: their losses by hand, the gradients their papers
 specify, their models' trees and shapes, and each trained, exported and evaluated."""
+import os
+import shutil
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -12,9 +15,13 @@ from sila_jax.errors import ConfigError
 from sila_jax.evaluation import evaluate
 from sila_jax.evaluation import export
 from sila_jax.methods import losses
+from sila_jax.methods import peers
 from sila_jax.models import model as model_lib
+from sila_jax.training import metrics
+from sila_jax.training import parallel as parallel_lib
 from sila_jax.training import train
-from tests.helpers import batches, plain_param_count
+from sila_jax.training import train_step as train_step_lib
+from tests.helpers import batches, every_run, plain_param_count, run, saved_state, setup
 
 RNG = np.random.default_rng(0)
 EVERY = RNG.normal(size=(3, 4, 5)).astype(np.float32) * 2  # m = 3 branches, B = 4, C = 5.
@@ -157,20 +164,78 @@ def test_branched_methods_need_a_cifar_resnet(tiny_config):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('name, overrides', [  # ONE's branches are CL-ILR's, and a gate.
+    ('clilr', {'clilr.num_heads': 3}),
+    ('byot', {'num_runs': 2, 'runs.byot_alpha': (0.1, 0.3)}),
+])
+def test_eight_devices_match_one(tiny_config, name, overrides):
+  tiny_config.method = name
+  tiny_config.update_from_flattened_dict(overrides)
+  method, _, schedule, state = setup(tiny_config)
+  step_fn = every_run(train_step_lib.make_train_step(method, schedule, tiny_config), tiny_config)
+  data = batches(1)
+  one_state, one_metrics = run(parallel_lib.ShardMapParallel(step_fn, jax.devices()[:1]),
+                               state, data)
+  eight_state, eight_metrics = run(parallel_lib.ShardMapParallel(step_fn, jax.devices()[:8]),
+                                   state, data)
+  # The bound of the other 1 vs 8 device tests (tests/test_train_step.py).
+  chex.assert_trees_all_close(eight_state, one_state, rtol=1e-4, atol=1e-5)
+  chex.assert_trees_all_close(eight_metrics, one_metrics, rtol=1e-4, atol=1e-5)
+  assert all(one_metrics[0][metric].min() > 0 for metric in method.metric_names)
+  moved = jax.tree_util.tree_map(lambda a, b: np.abs(a - b).max(), one_state.params, state.params)
+  assert max(jax.tree_util.tree_leaves(moved)) > 1e-3
+
+
+def test_evaluation_scores_every_branch_and_their_ensemble(tiny_config):
+  for name, ensemble in (('one', 'gated'), ('clilr', 'mean')):
+    tiny_config.method = name
+    method = methods.create(tiny_config)
+    variables = method.init_variables(jax.random.PRNGKey(0), (32, 32, 3))
+    images = jnp.asarray(batches(1, size=4)[0]['image'])
+    scores = method.predictions(method.evaluated(variables), images, 1.0)
+    (model, _), = method.groups
+    logits, outputs = model.apply(peers.peer_variables(tiny_config, variables, 0), images,
+                                  train=False)
+    every = np.concatenate([logits[None], outputs['branches']])  # (m, B, C)
+    chex.assert_shape(scores[metrics.BRANCHES], (1, 3 if name == 'one' else 2, 4, 10))
+    np.testing.assert_allclose(scores[metrics.BRANCHES][0], every, rtol=1e-6)
+    np.testing.assert_allclose(scores[metrics.PEERS][0], logits, rtol=1e-6)
+    expected = (np.einsum('bm,mbc->bc', outputs['gate'], every) if ensemble == 'gated'
+                else np.log(softmax(every).mean(0)))
+    np.testing.assert_allclose(scores[metrics.BRANCH_ENSEMBLE][0], expected, rtol=1e-5,
+                               atol=1e-6)
+
+
+def branch_names(result):
+  """The means over runs of the branches' accuracy and loss in an evaluation's `result`."""
+  return sorted(written for written, name in ((w, metrics.parse(w)) for w in result)
+                if name.of_branch and name.run is None and name.metric in ('accuracy', 'loss'))
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize('name, overrides', [
     ('one', {}),
     ('clilr', {'num_runs': 2, 'runs.clilr_beta': (0.5, 0.8)}),
     ('byot', {'num_runs': 2, 'runs.byot_alpha': (0.1, 0.3)}),
 ])
-def test_each_neighbour_trains_exports_and_evaluates_as_the_plain_model(tiny_config, tmp_path,
-                                                                       name, overrides):
+def test_each_neighbour_trains_resumes_exports_and_evaluates_as_the_plain_model(
+    tiny_config, tmp_path, name, overrides):
   tiny_config.method = name
-  tiny_config.update_from_flattened_dict(overrides)
+  tiny_config.update_from_flattened_dict(overrides)  # On 8 devices, data on the device.
   workdir, export_dir = str(tmp_path / 'run'), str(tmp_path / 'export')
   result = train.train_and_evaluate(tiny_config, workdir)
   assert result['status'] == 'trained'
   assert all(result['train'][f'{metric}'] > 0
              for metric in methods.METHODS[name].metric_names if metric != 'loss_features')
+  # Resumed from step 2, step 3 ends bit for bit as the uninterrupted run's.
+  resumed = str(shutil.copytree(workdir, tmp_path / 'resumed'))
+  shutil.rmtree(os.path.join(resumed, 'checkpoints', '3'))
+  assert train.train_and_evaluate(tiny_config, resumed)['step'] == 3
+  expected, got = saved_state(workdir, 3), saved_state(resumed, 3)
+  assert expected.keys() == got.keys()
+  for path in expected:
+    np.testing.assert_array_equal(got[path], expected[path], err_msg=path)
+
   description = export.export(tiny_config, workdir, export_dir, run=tiny_config.num_runs - 1)
   assert description['num_params'] == plain_param_count(tiny_config)
   from_export = evaluate.evaluate_export(tiny_config, export_dir)
@@ -178,3 +243,15 @@ def test_each_neighbour_trains_exports_and_evaluates_as_the_plain_model(tiny_con
   run = '' if tiny_config.num_runs == 1 else f'run_{tiny_config.num_runs - 1}/'
   assert from_export['accuracy'] == from_checkpoint[f'{run}accuracy']
   assert from_export['loss'] == pytest.approx(from_checkpoint[f'{run}loss'], rel=1e-6)
+  assert branch_names(from_export) == []
+  if name == 'byot':
+    assert branch_names(from_checkpoint) == []
+  else:  # Every branch and their ensemble; branch 0 is the deployed model.
+    num_branches = 3 if name == 'one' else 2
+    assert branch_names(from_checkpoint) == sorted(
+        metrics.name(metric, branch=j) for metric in ('accuracy', 'loss')
+        for j in range(num_branches)) + ['branch_ensemble/accuracy', 'branch_ensemble/loss']
+    assert from_checkpoint['branch_0/accuracy'] == from_checkpoint['accuracy']
+    assert from_checkpoint['branch_0/loss'] == from_checkpoint['loss']
+    validation = metrics.read(workdir, metrics.VALIDATION)[-1]
+    assert validation['branch_ensemble/accuracy'] == from_checkpoint['branch_ensemble/accuracy']

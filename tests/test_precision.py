@@ -49,6 +49,15 @@ def test_bfloat16_step_keeps_float32_parameters_statistics_optimizer_state_and_l
     assert metrics[name].dtype == jnp.float32 and np.isfinite(metrics[name]), name
 
 
+BF16_OPERANDS = re.compile(r'tensor<[0-9x]*bf16>, tensor<[0-9x]*bf16>')
+
+
+def convolution_and_matmul_operands(lowered):
+  """The operand types of every convolution and matmul in a lowered program."""
+  return re.findall(r'stablehlo\.(?:convolution|dot_general).*:\s*\((.*?)\)\s*->',
+                    lowered.as_text())
+
+
 def bfloat16_and_float32_models(config):
   config.sila.update(attach='stage2', head='mlp')  # Stage adapters and hidden layers too.
   f32 = model_lib.create_model(config)
@@ -71,11 +80,39 @@ def test_bfloat16_model_computes_in_bfloat16_and_returns_float32(tiny_config, na
   assert floating_dtypes(variables) == {np.dtype(jnp.float32)}
   lowered = forward(bf16).lower(variables, images)  # Traced, not compiled.
   # Every convolution and matmul (attention, kernel mixing, heads) reads bfloat16 operands.
-  ops = re.findall(r'stablehlo\.(?:convolution|dot_general).*:\s*\((.*?)\)\s*->', lowered.as_text())
-  assert ops and all(re.fullmatch(r'tensor<[0-9x]*bf16>, tensor<[0-9x]*bf16>', o) for o in ops), ops
+  ops = convolution_and_matmul_operands(lowered)
+  assert ops and all(map(BF16_OPERANDS.fullmatch, ops)), ops
   (logits, siamese), stats = lowered.out_info
   assert logits.dtype == siamese.dtype == jnp.float32
   assert floating_dtypes(stats) == {np.dtype(jnp.float32)}
+
+
+@pytest.mark.parametrize('name', ['one', 'clilr', 'byot'])
+def test_bfloat16_step_of_each_neighbour_computes_in_bfloat16_and_keeps_float32(tiny_config,
+                                                                               name):
+  tiny_config.update(method=name, dtype='bfloat16', batch_size=8)
+  method = methods.create(tiny_config, bn_axis_name=parallel_lib.AXIS)
+  schedule = optimizer_lib.learning_rate_schedule(tiny_config, 10, 5)
+  tx = optimizer_lib.create_optimizer(tiny_config, schedule)
+  state = jax.eval_shape(lambda: train_step_lib.create_train_state(
+      method, tx, jax.random.PRNGKey(0), (32, 32, 3)))
+  parallel = parallel_lib.ShardMapParallel(
+      one_run(train_step_lib.make_train_step(method, schedule, tiny_config), tiny_config),
+      jax.devices()[:1])
+  batch = {'image': jax.ShapeDtypeStruct((8, 32, 32, 3), jnp.float32),
+           'label': jax.ShapeDtypeStruct((8,), jnp.int32)}
+  lowered = parallel.train_step.lower(state, batch)  # Traced, not compiled.
+  ops = convolution_and_matmul_operands(lowered)
+  # Forward and backward in bfloat16, but for ONE's gated ensemble of the float32 logits, a
+  # part of its loss: gate (B, m) x logits (m, B, C) and its two gradients.
+  in_float32 = [o for o in ops if not BF16_OPERANDS.fullmatch(o)]
+  assert len(ops) > 50 and len(in_float32) == (3 if name == 'one' else 0), in_float32
+  assert all(re.fullmatch(r'tensor<8x(3|10)xf32>, tensor<(3x8x10|8x3)xf32>', o)
+             for o in in_float32), in_float32
+  new_state, metrics = lowered.out_info
+  for tree in (new_state.params, new_state.batch_stats, new_state.opt_state, metrics):
+    assert floating_dtypes(tree) == {np.dtype(jnp.float32)}
+  assert set(method.metric_names) <= set(metrics)
 
 
 @pytest.mark.slow

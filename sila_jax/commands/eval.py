@@ -37,11 +37,14 @@ def _main(argv):
   print(f"{result['split']}: accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  "
         f"examples {result['num_examples']}  parameters {result['num_params']}  "
         f"(step {result['step']})")
-  named = [(metrics.parse(written), value) for written, value in result.items()]
-  peer_accuracies = [f'{name.prefix} {value:.4f}' for name, value in named
-                     if name.metric == 'accuracy' and name.prefix]
-  if peer_accuracies:
-    print('DML accuracy: ' + '  '.join(peer_accuracies))
+  accuracies = [(name, value) for name, value in
+                ((metrics.parse(written), value) for written, value in result.items())
+                if name.metric == 'accuracy' and name.prefix and name.run is None]
+  for title, of_branch in (('DML', False), ('Branch', True)):
+    shown = [f'{name.prefix} {value:.4f}' for name, value in accuracies
+             if name.of_branch == of_branch]
+    if shown:
+      print(f'{title} accuracy: ' + '  '.join(shown))
 
 
 def main() -> None:

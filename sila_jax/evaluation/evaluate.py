@@ -1,4 +1,5 @@
-"""Evaluation of the main branch only: {backbone, head} and their BatchNorm statistics.
+"""Evaluation of the main branch, {backbone, head} and their BatchNorm statistics, and of the
+branches of a method that scores them (ONE's and CL-ILR's, methods.Method.predictions).
 
 Variables carry the leading run axis of sila_jax/training/runs.py (an export is one run of one);
 every run is evaluated and reported, and the means over runs lead the results.
@@ -31,10 +32,11 @@ from sila_jax.training.parallel import AXIS
 
 def make_eval_step(method: methods.Method):
   """Jitted (variables, batch, attention_temperature) -> sums over real examples: 'count',
-  and 'loss' and 'correct' of peer 0 (the deployed model), of each peer under metrics.PEERS,
-  (K,), and of the ensemble under metrics.ENSEMBLE where method.predictions has one.
+  and 'loss' and 'correct' of peer 0 (the deployed model), and of each part method.predictions
+  scores under its key: each peer under metrics.PEERS (K,), the ensemble under
+  metrics.ENSEMBLE, each branch under metrics.BRANCHES (K, m), ...
 
-  variables: method.deployable's; batch: {'image': (B, H, W, 3), 'label': (B,), 'mask': (B,)
+  variables: method.evaluated's; batch: {'image': (B, H, W, 3), 'label': (B,), 'mask': (B,)
   bool}; attention_temperature: the attention temperature of dynamic convolutions (ignored
   by static models).
   """
@@ -48,7 +50,7 @@ def make_eval_step(method: methods.Method):
           scores, jnp.broadcast_to(labels, scores.shape[:-1]))
       correct = jnp.argmax(scores, -1) == labels
       return {'loss': jnp.sum(nll * mask, axis=-1), 'correct': jnp.sum(correct * mask, axis=-1)}
-    outputs = {branch: sums(scores) for branch, scores in predictions.items()}
+    outputs = {part: sums(scores) for part, scores in predictions.items()}
     peer_sums = outputs[metrics.PEERS]
     return {'count': jnp.sum(mask), 'loss': peer_sums['loss'][0],
             'correct': peer_sums['correct'][0], **outputs}
@@ -103,8 +105,8 @@ def split_filename(split: str, prefix: str = 'eval') -> str:
 
 
 def make_main_branch_eval_step(method: methods.Method):
-  """The eval step of the method's deployable models, every peer's, of every run (variables
-  (R, ...), sums (R,)), on uint8 images normalised as its config says."""
+  """The eval step of the method's evaluated models, every peer's, of every run (variables
+  (R, ...), sums (R, ...)), on uint8 images normalised as its config says."""
   config = method.config
   eval_step = make_eval_step(method)
   every_run = jax.vmap(eval_step, in_axes=(0, None, None))
@@ -124,8 +126,8 @@ def deployable_params(method: methods.Method, variables: dict[str, Any]) -> int:
 
 
 class Evaluator:
-  """Validation of the main branch on one split, as big_vision's evaluators: the data, its
-  placement on the devices and the jitted step are built once; `evaluate` scores variables.
+  """Validation on one split, as big_vision's evaluators: the data, its placement on the
+  devices and the jitted step are built once; `evaluate` scores variables.
 
   Training and eval.py use the same one. config: the model (or DML peers) and the data.
   """
@@ -143,11 +145,11 @@ class Evaluator:
 
   def evaluate(self, variables: dict[str, Any], attention_temperature: float = 1.0,
           diverged_steps: Any = None) -> dict[str, float]:
-    """`evaluate`'s metrics of `variables` ({'params', 'batch_stats'} with the run axis; the
-    method's branches are left out) on the split."""
+    """`evaluate`'s metrics of `variables` ({'params', 'batch_stats'} with the run axis; what
+    the method does not evaluate is left out) on the split."""
     with progress.Progress(f'eval {self.split}', len(self._batches), unit='batch',
                            leave=False) as bar:
-      return evaluate(self._step, self.method.deployable(variables), bar.track(self._batches),
+      return evaluate(self._step, self.method.evaluated(variables), bar.track(self._batches),
                       self._mesh, attention_temperature, diverged_steps)
 
 
@@ -169,11 +171,13 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, split: str
                      which: str = checkpoint.LATEST) -> dict[str, Any]:
   """Evaluates `workdir`'s latest (or, which='best', best) checkpoint on `split`.
 
-  Builds the plain model (no branch of the method), restores only its parameters and writes
-  <workdir>/eval_<split>.json (best: best_<split>.json) with accuracy, loss,
-  num_examples, num_params and step. A DML run adds peer_<i>/accuracy, peer_<i>/loss and
-  ensemble/accuracy, ensemble/loss; accuracy and loss are peer 0's, num_params one peer's
-  (metrics.flatten names them).
+  Restores only what the method evaluates (the plain model's variables; ONE's and CL-ILR's
+  branches too) and writes <workdir>/eval_<split>.json (best: best_<split>.json) with
+  accuracy, loss, num_examples, num_params and step. A DML run adds peer_<i>/accuracy,
+  peer_<i>/loss and ensemble/accuracy, ensemble/loss; ONE and CL-ILR add branch_<j>/... of
+  every branch (branch 0 is the deployed one) and branch_ensemble/...; accuracy and loss are
+  the deployed model's (peer 0's branch 0), num_params one peer's (metrics.flatten names
+  them).
   Several runs report every metric's mean over runs under its name, its sample std as
   <metric>_std and each run's as run_<r>/<metric>; runs that diverged (train_step) are left
   out of the means, and run_<r>/diverged_step gives the step (0: none). `split` defaults to
@@ -181,8 +185,8 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, split: str
   """
   config_checks.check_config(config, jax.device_count())
   split = split or config.eval_split
-  meta, variables = checkpoint.restore_main_branch(
-      workdir, config, methods.create(config).deployable_abstract(), which)
+  meta, variables = checkpoint.restore_variables(
+      workdir, config, methods.create(config).evaluated_abstract(), which)
   return _evaluate_and_write(config, split, variables, meta['attention_temperature'],
                              meta['step'], os.path.join(workdir, split_filename(
                                  split, 'best' if which == checkpoint.BEST else 'eval')),
@@ -191,7 +195,8 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str, split: str
 
 def evaluate_export(config: ml_collections.ConfigDict, export_dir: str,
                     split: str | None = None) -> dict[str, Any]:
-  """Evaluates an export on `split` of `config`'s data; the model comes from the export.
+  """Evaluates an export on `split` of `config`'s data; the model comes from the export, a
+  plain classifier.
 
   Writes <export_dir>/eval_<split>.json like `evaluate_workdir`.
   """
@@ -201,6 +206,7 @@ def evaluate_export(config: ml_collections.ConfigDict, export_dir: str,
   data_config = peers.peer_config(config, 0)  # The data, prepared as the model expects.
   data_config.update_from_flattened_dict(
       {field: config_checks.get_field(exported.config, field) for field in export_lib.MODEL_FIELDS})
+  data_config.method = 'plain'  # What an export holds, whatever trained it.
   one_run = jax.tree_util.tree_map(
       lambda x: x[None], {c: peers.one_peer(tree) for c, tree in exported.variables.items()})
   return _evaluate_and_write(data_config, split, one_run, exported.attention_temperature,

@@ -55,7 +55,7 @@ def export(config: ml_collections.ConfigDict, workdir: str, export_dir: str,
   if not 0 <= run < config.num_runs:
     raise ConfigError(f'run={run}, but the config has num_runs={config.num_runs}: runs '
                       f'0..{config.num_runs - 1}.')
-  meta, variables = checkpoint.restore_main_branch(
+  meta, variables = checkpoint.restore_variables(
       workdir, config, methods.create(config).deployable_abstract(), which)
   variables = peers.peer_variables(config, runs.take(variables, run), peer)
   peer_config = peers.peer_config(runs.run_config(config, run), peer)

@@ -19,6 +19,8 @@ Hooks (a subclass overrides the first three):
     'loss_main', *metric_names}), from the method's config fields and the run's settings.
   structure_fields, choices, rules, problems(config): the config fields that fix the
     method's parameter tree (a checkpoint must match them), and its config checks.
+  predictions, evaluated, evaluated_abstract: what evaluation scores, when a method scores
+    more than the deployable models (sila_jax/methods/branched.py).
 """
 import abc
 from typing import Any, Callable, ClassVar, Iterable, Iterator
@@ -135,11 +137,21 @@ class Method(abc.ABC):
 
   def predictions(self, variables: dict[str, Any], images: jax.Array,
                   attention_temperature: jax.Array | float) -> dict[str, jax.Array]:
-    """What evaluation scores of the deployable models (variables: `deployable`'s) on images
+    """What evaluation scores of the models (variables: `evaluated`'s) on images
     (B, H, W, 3): peers.predictions, each peer's and, with K > 1, the ensemble's."""
     logits, _, _ = peers.apply(self.deployable_groups, variables, images, train=False,
                                attention_temperature=attention_temperature)
     return peers.predictions(logits)
+
+  def evaluated(self, variables: dict[str, Any]) -> dict[str, Any]:
+    """What evaluation reads of every peer's training variables: `deployable`'s, unless the
+    method's `predictions` score its branches too."""
+    return self.deployable(variables)
+
+  def evaluated_abstract(self) -> dict[str, Any]:
+    """`evaluated`'s structure, as `deployable_abstract`: what evaluation reads of a
+    checkpoint."""
+    return self.deployable_abstract()
 
   def deployable(self, variables: dict[str, Any]) -> dict[str, Any]:
     """What every peer deploys of its training variables: the plain classifier, the
@@ -148,7 +160,11 @@ class Method(abc.ABC):
 
   def deployable_abstract(self) -> dict[str, Any]:
     """`deployable`'s structure for every run, jax.ShapeDtypeStruct leaves (R, n_g, ...):
-    what evaluation and export read of a checkpoint; computes nothing."""
-    return runs.stack_abstract(
-        peers.abstract_variables(self.deployable_groups, self.config.image_size),
-        self.config.num_runs)
+    what export reads of a checkpoint; computes nothing."""
+    return self.abstract_variables(self.deployable_groups)
+
+  def abstract_variables(self, groups: tuple[peers.Group, ...]) -> dict[str, Any]:
+    """The variables of `groups` (self.groups or self.deployable_groups) for every run, as
+    jax.ShapeDtypeStruct leaves (R, n_g, ...)."""
+    return runs.stack_abstract(peers.abstract_variables(groups, self.config.image_size),
+                               self.config.num_runs)

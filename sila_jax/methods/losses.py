@@ -91,6 +91,18 @@ def mimicry_loss(logits: jax.Array, temperature: float = 1.0) -> jax.Array:
   return jnp.sum(pairwise * off_diagonal, axis=1) / (num_peers - 1)
 
 
+def gated_ensemble(every: jax.Array, gate: jax.Array) -> jax.Array:
+  """ONE's ensemble teacher, the gate-weighted sum of the branches' logits: every (m, B, C),
+  gate (B, m) -> (B, C)."""
+  return jnp.einsum('bm,mbc->bc', gate, every)
+
+
+def mean_prediction(logits: jax.Array) -> jax.Array:
+  """The ensemble of classifiers' logits (n, B, C) as scores (B, C) whose softmax is the
+  mean of their softmaxes: the log of the mean probability."""
+  return jax.nn.logsumexp(jax.nn.log_softmax(logits), axis=0) - jnp.log(len(logits))
+
+
 def one_loss(logits, branches, gate, labels, *, temperature=3.0, label_smoothing=0.0):
   """ONE (Lan et al. 2018): every branch's CE, the gated ensemble's CE, and each branch's
   distillation from the ensemble, T^2 KL(sg(p_e,T) || p_i,T).
@@ -104,7 +116,7 @@ def one_loss(logits, branches, gate, labels, *, temperature=3.0, label_smoothing
   """
   targets = smooth_labels(labels, logits.shape[-1], label_smoothing)
   every = jnp.concatenate([logits[None], branches])  # (m, B, C)
-  ensemble = jnp.einsum('bm,mbc->bc', gate, every)
+  ensemble = gated_ensemble(every, gate)
   ce = optax.softmax_cross_entropy(every, targets)  # (m, B)
   ensemble_ce = optax.softmax_cross_entropy(ensemble, targets)
   distill = jnp.sum(kl_divergence(ensemble[None], every, temperature), axis=0)

@@ -153,13 +153,11 @@ def mimicry(logits: jax.Array, temperature: float) -> dict[str, jax.Array]:
 
 def predictions(logits: jax.Array) -> dict[str, jax.Array]:
   """What evaluation scores of the peers' logits (K, B, C), as scores whose softmax is each
-  prediction: {metrics.PEERS: the logits} and, with K > 1, {metrics.ENSEMBLE: (B, C)}, the
-  log of the mean of the peers' probabilities."""
+  prediction: {metrics.PEERS: the logits} and, with K > 1, {metrics.ENSEMBLE: (B, C)}, their
+  losses.mean_prediction."""
   if len(logits) == 1:
     return {metrics.PEERS: logits}
-  log_probs = jax.nn.log_softmax(logits)
-  return {metrics.PEERS: logits,
-          metrics.ENSEMBLE: jax.nn.logsumexp(log_probs, axis=0) - jnp.log(len(log_probs))}
+  return {metrics.PEERS: logits, metrics.ENSEMBLE: losses.mean_prediction(logits)}
 
 
 def main_branch(variables: dict[str, tuple[Any, ...]]) -> dict[str, tuple[Any, ...]]:

@@ -24,6 +24,7 @@ from sila_jax import methods
 from sila_jax.config_checks import get_field
 from sila_jax.configs import default
 from sila_jax.errors import CheckpointError, first_line
+from sila_jax.models import model as model_lib
 from sila_jax.training import distributed
 
 LATEST, BEST = 'latest', 'best'
@@ -204,16 +205,17 @@ def _move_aside(directory: str, step: int) -> str:
   return destination
 
 
-def restore_main_branch(workdir: str, config: ml_collections.ConfigDict, abstract: Any,
-                        which: str = LATEST) -> tuple[dict[str, Any], dict[str, Any]]:
-  """Reads only the variables of `abstract` (methods.Method.deployable_abstract's: every
-  peer's {backbone, head} and their BatchNorm statistics) of `workdir`'s latest (or best)
-  checkpoint; the method's branches and optimizer state are not read. `config` is checked against
-  the checkpoint's.
+def restore_variables(workdir: str, config: ml_collections.ConfigDict, abstract: Any,
+                      which: str = LATEST) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Reads only the variables of `abstract` (methods.Method's deployable_abstract: every
+  peer's {backbone, head} and their BatchNorm statistics; or its evaluated_abstract, which
+  may hold the method's branches) of `workdir`'s latest (or best) checkpoint; the optimizer
+  state is not read. `config` is checked against the checkpoint's in the fields that fix
+  those arrays.
 
   Returns:
     (meta, variables): meta has 'step' and 'attention_temperature'; variables are every
-    peer's, for methods.Method.predictions, with the leading run axis
+    peer's, for methods.Method.predictions or export, with the leading run axis
     (sila_jax/training/runs.py).
   Raises:
     CheckpointError: no checkpoint, a corrupt one, or one written for another model.
@@ -231,7 +233,11 @@ def restore_main_branch(workdir: str, config: ml_collections.ConfigDict, abstrac
     except Exception as e:
       raise CheckpointError(f'The checkpoint at step {step} in {manager.directory} is corrupt: '
                             f'unreadable metadata ({first_line(e)}).') from e
-    check_model(meta, config, MAIN_BRANCH_FIELDS, str(manager.directory))
+    main_branch_only = all(set(group) <= set(model_lib.MAIN_BRANCH)
+                           for group in abstract['params'])
+    check_model(meta, config, MAIN_BRANCH_FIELDS if main_branch_only
+                else MAIN_BRANCH_FIELDS + methods.structure_fields(config),
+                str(manager.directory))
     try:
       variables = restore(manager, step, target, meta)
     except CheckpointError as e:

@@ -2,12 +2,14 @@
 
 A record is {'type': 'train' | 'validation', 'step': int, <metric>: float, ...}. Metric names
 are built by `name` and read back by `parse` alone: 'loss', 'peer_1/accuracy', 'ensemble/loss',
-'run_2/loss', 'run_2/peer_0/loss', ...; TensorBoard tags are '<type>/<name>'. Only process 0
+'run_2/loss', 'run_2/peer_0/loss', 'branch_1/accuracy', 'peer_1/branch_ensemble/loss', ...;
+TensorBoard tags are '<type>/<name>'. Only process 0
 writes; the others' writers do nothing.
 
 A step's metrics keep their axes until `flatten` names them: per-peer values sit under PEERS
-with the peer axis last, the ensemble's under ENSEMBLE, the runs' axis first
-(runs.summarize names it).
+with the peer axis last, the ensemble's under ENSEMBLE, each branch's of a method that
+evaluates its branches under BRANCHES (peer and branch axes last) and their ensemble's under
+BRANCH_ENSEMBLE (peer axis last), the runs' axis first (runs.summarize names it).
 """
 import contextlib
 import dataclasses
@@ -23,9 +25,13 @@ FILE = 'metrics.jsonl'
 TRAIN, VALIDATION = 'train', 'validation'
 TYPES = (TRAIN, VALIDATION)
 RUN_PREFIX, PEER_PREFIX, ENSEMBLE = 'run_', 'peer_', 'ensemble'
+BRANCH_PREFIX, BRANCH_ENSEMBLE = 'branch_', 'branch_ensemble'
 PEERS = 'peers'  # The key of a step's per-peer metrics, {metric: (..., K)}.
+BRANCHES = 'branches'  # The key of each branch's metrics, {metric: (..., K, m)}.
 _NAME = re.compile(rf'(?:{RUN_PREFIX}(?P<run>\d+)/)?'
-                   rf'(?:(?P<ensemble>{ENSEMBLE})/|{PEER_PREFIX}(?P<peer>\d+)/)?(?P<metric>.+)')
+                   rf'(?:(?P<ensemble>{ENSEMBLE})/|{PEER_PREFIX}(?P<peer>\d+)/)?'
+                   rf'(?:(?P<branch_ensemble>{BRANCH_ENSEMBLE})/|{BRANCH_PREFIX}(?P<branch>\d+)/)?'
+                   rf'(?P<metric>.+)')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,16 +39,30 @@ class Name:
   """A metric's name taken apart: 'run_2/peer_1/accuracy' -> Name('accuracy', run=2, peer=1).
 
   run: the run's own value (None: the mean over runs, or the only run); peer: that peer's
-  (None: the run's own metric); ensemble: the peers' ensemble's.
+  (None: the run's own metric); ensemble: the peers' ensemble's; branch: that branch's of the
+  peer (ONE's and CL-ILR's; branch 0 is the deployed one); branch_ensemble: the peer's
+  branches' ensemble's.
   """
   metric: str
   run: int | None = None
   peer: int | None = None
   ensemble: bool = False
+  branch: int | None = None
+  branch_ensemble: bool = False
 
   def __post_init__(self):
     if self.ensemble and self.peer is not None:
       raise ValueError(f'{self.metric}: the ensemble is no one peer (peer={self.peer}).')
+    if self.branch_ensemble and self.branch is not None:
+      raise ValueError(f'{self.metric}: the branch ensemble is no one branch '
+                       f'(branch={self.branch}).')
+    if self.ensemble and self.of_branch:
+      raise ValueError(f'{self.metric}: the peers\' ensemble has no branches.')
+
+  @property
+  def of_branch(self) -> bool:
+    """Whether it is one branch's or the branch ensemble's value."""
+    return self.branch is not None or self.branch_ensemble
 
   @property
   def prefix(self) -> str:
@@ -52,6 +72,10 @@ class Name:
       parts.append(ENSEMBLE)
     elif self.peer is not None:
       parts.append(f'{PEER_PREFIX}{self.peer}')
+    if self.branch_ensemble:
+      parts.append(BRANCH_ENSEMBLE)
+    elif self.branch is not None:
+      parts.append(f'{BRANCH_PREFIX}{self.branch}')
     return '/'.join(parts)
 
   def __str__(self) -> str:
@@ -59,10 +83,11 @@ class Name:
 
 
 def name(metric: str, *, run: int | None = None, peer: int | None = None,
-         ensemble: bool = False) -> str:
-  """The written name of `metric` of run `run`, peer `peer` or the ensemble:
-  name('loss', run=2, peer=1) == 'run_2/peer_1/loss'."""
-  return str(Name(metric, run, peer, ensemble))
+         ensemble: bool = False, branch: int | None = None,
+         branch_ensemble: bool = False) -> str:
+  """The written name of `metric` of run `run`, peer `peer` or the ensemble, and branch
+  `branch` or the branch ensemble: name('loss', run=2, peer=1) == 'run_2/peer_1/loss'."""
+  return str(Name(metric, run, peer, ensemble, branch, branch_ensemble))
 
 
 def parse(written: str) -> Name:
@@ -70,20 +95,32 @@ def parse(written: str) -> Name:
   match = _NAME.fullmatch(written)
   if match is None:  # Empty, or a line break in it.
     raise ValueError(f'Not a metric name: {written!r}.')
-  run, peer = match['run'], match['peer']
-  return Name(match['metric'], None if run is None else int(run),
-              None if peer is None else int(peer), match['ensemble'] is not None)
+  number = lambda group: None if match[group] is None else int(match[group])  # noqa: E731
+  return Name(match['metric'], number('run'), number('peer'), match['ensemble'] is not None,
+              number('branch'), match['branch_ensemble'] is not None)
 
 
 def flatten(tree: dict[str, Any]) -> dict[str, Any]:
   """A step's metrics with their peer axis -> flat names: tree[PEERS][m] (..., K) becomes
-  'peer_<i>/m' (..., ) for each peer when K > 1 (one peer's are the run's own), tree[ENSEMBLE][m]
-  'ensemble/m'; every other entry stays as it is."""
-  flat = {k: v for k, v in tree.items() if k not in (PEERS, ENSEMBLE)}
+  'peer_<i>/m' (...) for each peer when K > 1 (one peer's are the run's own), tree[ENSEMBLE][m]
+  'ensemble/m', tree[BRANCHES][m] (..., K, n) 'peer_<i>/branch_<j>/m' ('branch_<j>/m' for one
+  peer) and tree[BRANCH_ENSEMBLE][m] (..., K) 'peer_<i>/branch_ensemble/m'; every other entry
+  stays as it is."""
+  flat = {k: v for k, v in tree.items() if k not in (PEERS, ENSEMBLE, BRANCHES, BRANCH_ENSEMBLE)}
+
+  def of_peers(value, **whose):  # value (..., K) -> each peer's, under its name.
+    num_peers = value.shape[-1]
+    return {name(metric, peer=None if num_peers == 1 else i, **whose): value[..., i]
+            for i in range(num_peers)}
   for metric, value in tree.get(PEERS, {}).items():
     if value.shape[-1] > 1:
-      flat.update({name(metric, peer=i): value[..., i] for i in range(value.shape[-1])})
+      flat.update(of_peers(value))
   flat.update({name(metric, ensemble=True): v for metric, v in tree.get(ENSEMBLE, {}).items()})
+  for metric, value in tree.get(BRANCHES, {}).items():
+    for j in range(value.shape[-1]):
+      flat.update(of_peers(value[..., j], branch=j))
+  for metric, value in tree.get(BRANCH_ENSEMBLE, {}).items():
+    flat.update(of_peers(value, branch_ensemble=True))
   return flat
 
 
@@ -132,9 +169,9 @@ def last(workdir: str, kind: str) -> dict[str, Any]:
 
 def log_line(kind: str, metrics: dict[str, Any]) -> str:
   """'validation  accuracy 0.9312  loss 0.2543 ...': the summary a person reads; each run's
-  own figures ('run_<r>/...') stay in metrics.jsonl."""
+  own figures ('run_<r>/...') and each branch's stay in metrics.jsonl."""
   return '  '.join([kind] + [f'{written} {value:.4g}' for written, value in metrics.items()
-                             if parse(written).run is None])
+                             if parse(written).run is None and not parse(written).of_branch])
 
 
 class Writer:

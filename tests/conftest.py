@@ -67,5 +67,5 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture
 def tiny_config(ten_class_folder):
-  """helpers.make_tiny_config on ten_class_folder: ResNet-20/4, 16-image batches, 3 steps."""
+  """helpers.make_tiny_config on ten_class_folder: ResNet-8/4, 16-image batches, 3 steps."""
   return make_tiny_config(ten_class_folder)

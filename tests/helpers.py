@@ -42,11 +42,13 @@ def make_folder(root, per_class=10, size=32, classes=CLASSES):
 
 
 def make_tiny_config(data_dir):
-  """ResNet-20 at a quarter width, 16-image batches, 3 steps on the folder `data_dir` (the 40
-  images of conftest's ten_class_folder): the real code, quick to compile. Training and
-  validation both read the whole split."""
+  """ResNet-8 (one block a stage) at a quarter width, 16-image batches, 3 steps on the folder
+  `data_dir` (the 40 images of conftest's ten_class_folder): the real code, quick to compile
+  (its train step compiles in 3.7 s here, ResNet-20's in 9.9). Training and validation both
+  read the whole split."""
   config = default.get_config()
   config.update(dataset='folder', data_dir=data_dir, train_split='train', eval_split='train')
+  config.model = 'resnet8'
   config.width = 0.25
   config.batch_size = 16
   config.eval_batch_size = 16
@@ -82,10 +84,10 @@ PROCESS_ENV = {**os.environ, 'XLA_FLAGS': xla_flags(2), 'JAX_LOG_COMPILES': '1'}
 
 
 def cli_overrides(data_dir, **fields):
-  """Flags for a ResNet-20/4 on the 3-class folder data of conftest's data_dir: 48 training,
+  """Flags for a ResNet-8/4 on the 3-class folder data of conftest's data_dir: 48 training,
   12 validation images."""
   fields = {'data_dir': data_dir, 'num_classes': 3, 'train_split': 'train[:-4]',
-            'eval_split': 'train[-4:]', 'width': 0.25, 'batch_size': 8, 'eval_batch_size': 8,
+            'eval_split': 'train[-4:]', 'model': 'resnet8', 'width': 0.25, 'batch_size': 8, 'eval_batch_size': 8,
             'log_every_steps': 1, **fields}
   return [f'--config.{k}={v}' for k, v in fields.items()]
 

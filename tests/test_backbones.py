@@ -56,8 +56,8 @@ def test_output_shapes(name):
 
 
 
-DYNAMIC = {'dy_resnet20': 'resnet20', 'dy_resnet32': 'resnet32', 'dy_resnet56': 'resnet56',
-           'dy_resnet18': 'resnet18'}
+DYNAMIC = {'dy_resnet8': 'resnet8', 'dy_resnet20': 'resnet20', 'dy_resnet32': 'resnet32',
+           'dy_resnet56': 'resnet56', 'dy_resnet18': 'resnet18'}
 
 
 def conv3x3_channels(name, width):

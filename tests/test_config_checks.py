@@ -42,7 +42,7 @@ def test_unknown_field_found_elsewhere_in_the_tree(tiny_config):
     ('sila.variant', 'triple', "Unknown sila.variant 'triple'; choose one of twin, joint"),
     ('sila.head', 'conv', "Unknown sila.head 'conv'"),
     ('sila.attach', 'middle', 'sila.attach'),
-    ('sila.attach', 'stage9', r"sila.attach='stage9', but resnet20 has stages 1..3"),
+    ('sila.attach', 'stage9', r"sila.attach='stage9', but resnet8 has stages 1..3"),
     ('optimizer.schedule', 'linear', "Unknown optimizer.schedule 'linear'"),
     ('parallel', 'pjit', "Unknown parallel 'pjit'"),
     ('label_smoothing', 1.0, r'label_smoothing must be in \[0, 1\)'),

@@ -35,10 +35,11 @@ STEPS = 12  # 4 epochs of 3 steps: 51 training images in 4 shards of 12, 4 per d
 
 
 def overrides(data_dir):
-  """ResNet-20/4, global batch 16; the 9 validation images split 5 / 4 over two processes, so
+  """ResNet-8/4, global batch 16; the 9 validation images split 5 / 4 over two processes, so
   with 4 per process and batch one process evaluates 2 batches and the other 1 (+ 1 empty)."""
   fields = {'data_dir': data_dir, 'num_classes': 3, 'train_split': 'train[:-3]',
-            'eval_split': 'train[-3:]', 'width': 0.25, 'batch_size': 16, 'eval_batch_size': 8,
+            'eval_split': 'train[-3:]', 'model': 'resnet8', 'width': 0.25, 'batch_size': 16,
+            'eval_batch_size': 8,
             'log_every_steps': 1, 'num_train_steps': STEPS, 'checkpoint_every_steps': 4,
             'eval_every_steps': 6, 'keep_checkpoints': 3}
   return [f'--config.{k}={v}' for k, v in fields.items()]

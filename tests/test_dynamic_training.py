@@ -18,7 +18,7 @@ from tests.helpers import batches, every_run, plain_param_count, run, setup
 
 @pytest.fixture
 def dy_config(tiny_config):
-  tiny_config.model = 'dy_resnet20'
+  tiny_config.model = 'dy_resnet8'
   tiny_config.dynamic.update(tau_start=30.0, tau_epochs=2.0)
   return tiny_config
 

@@ -189,7 +189,7 @@ def other_model_checkpoint(folder_config, workdir):
 def test_checkpoint_of_another_model_is_refused(folder_config, tmp_path):
   workdir = str(tmp_path / 'run')
   other_model_checkpoint(folder_config, workdir)
-  message = r"written for another model: model='resnet32' \(config: 'resnet20'\)"
+  message = r"written for another model: model='resnet32' \(config: 'resnet8'\)"
   with pytest.raises(CheckpointError, match=message):
     train.train_and_evaluate(folder_config, workdir)
   with pytest.raises(CheckpointError, match=message):

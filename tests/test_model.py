@@ -72,7 +72,7 @@ def test_bad_attach_is_rejected(attach):
 def test_kernel_forms_resolve_auto_per_backend_and_reach_the_model(tiny_config):
   for backend in ('cpu', 'gpu', 'tpu'):
     assert model_lib.kernel_forms(tiny_config.kernels, backend) == model_lib.AUTO_KERNELS[backend]
-  tiny_config.model = 'dy_resnet20'
+  tiny_config.model = 'dy_resnet8'
   tiny_config.kernels.update(peer_conv='grouped', dynamic_conv='grouped')
   assert model_lib.kernel_forms(tiny_config.kernels, 'cpu') == {'peer_conv': 'grouped',
                                                                 'dynamic_conv': 'grouped'}

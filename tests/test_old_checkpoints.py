@@ -26,7 +26,8 @@ FIXTURE = os.path.join(ROOT, 'tests', 'fixtures', 'single_model_v1')
 def old_run(data_dir, tmp_path):
   """(config, a workdir holding a copy of the fixture's checkpoint)."""
   config = make_tiny_config(data_dir)
-  config.update(num_classes=3, num_train_steps=3, keep_checkpoints=1, eval_every_steps=0)
+  config.update(model='resnet20', num_classes=3, num_train_steps=3, keep_checkpoints=1,
+                eval_every_steps=0)
   config.sila.update(enabled=True, num_heads=1)
   workdir = str(tmp_path / 'run')
   shutil.copytree(os.path.join(FIXTURE, 'checkpoints'), os.path.join(workdir, 'checkpoints'))

@@ -94,7 +94,7 @@ def test_a_peers_objective_sends_no_gradient_into_another_peer(dml_config):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('model', ['resnet20', 'dy_resnet20'])
+@pytest.mark.parametrize('model', ['resnet8', 'dy_resnet8'])
 def test_vmapped_peers_without_mimicry_train_like_separate_models(dml_config, model):
   dml_config.model = model
   dml_config.dml.weight = 0.0
@@ -117,7 +117,7 @@ def test_vmapped_peers_without_mimicry_train_like_separate_models(dml_config, mo
 
 
 def test_peer_outputs_and_state_shapes(tiny_config):
-  tiny_config.dml.update(num_peers=3, models=('resnet20', 'wrn16_4', 'wrn16_4'))
+  tiny_config.dml.update(num_peers=3, models=('resnet8', 'wrn16_4', 'wrn16_4'))
   tiny_config.sila.num_heads = 2
   groups = methods.create(tiny_config).groups
   assert [size for _, size in groups] == [1, 2]
@@ -261,7 +261,7 @@ def test_dml_run_resumes(dml_run, tmp_path):
 
 @pytest.mark.slow
 def test_heterogeneous_dynamic_peers_train_evaluate_and_export(tiny_config, tmp_path):
-  tiny_config.dml.update(num_peers=2, models=('dy_resnet20', 'wrn16_4'))
+  tiny_config.dml.update(num_peers=2, models=('dy_resnet8', 'wrn16_4'))
   tiny_config.num_train_steps = 2
   workdir = str(tmp_path / 'run')
   result = train.train_and_evaluate(tiny_config, workdir)

@@ -18,8 +18,8 @@ def get_config() -> ml_collections.ConfigDict:
   # train step; False gathers each batch on the host (for splits too large for the devices).
   config.on_device = True
 
-  # Model. model: resnet20/32/44/56/110, resnet18, wrn16_4, wrn28_10, and dynamic-convolution
-  # dy_resnet20/32/56, dy_resnet18.
+  # Model. model: resnet8/20/32/44/56/110, resnet18, wrn16_4, wrn28_10, and dynamic-convolution
+  # dy_resnet8/20/32/56, dy_resnet18.
   config.model = 'resnet20'
   config.width = 1.0  # Multiplies every channel count.
   config.dropout_rate = 0.0  # Wide ResNets only.

@@ -264,12 +264,14 @@ class WideResNet(nn.Module):
 
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    'resnet8': functools.partial(CifarResNet, depth=8),
     'resnet20': functools.partial(CifarResNet, depth=20),
     'resnet32': functools.partial(CifarResNet, depth=32),
     'resnet44': functools.partial(CifarResNet, depth=44),
     'resnet56': functools.partial(CifarResNet, depth=56),
     'resnet110': functools.partial(CifarResNet, depth=110),
     'resnet18': ResNet18,
+    'dy_resnet8': functools.partial(CifarResNet, depth=8, dynamic=True),
     'dy_resnet20': functools.partial(CifarResNet, depth=20, dynamic=True),
     'dy_resnet32': functools.partial(CifarResNet, depth=32, dynamic=True),
     'dy_resnet56': functools.partial(CifarResNet, depth=56, dynamic=True),

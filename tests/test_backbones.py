@@ -14,7 +14,7 @@ PUBLISHED = {
 }
 # (final feature width, number of stages, spatial size of the last stage at 32x32 input).
 LAYOUT = {
-    'resnet20': (64, 3, 8), 'resnet32': (64, 3, 8), 'resnet44': (64, 3, 8),
+    'resnet8': (64, 3, 8), 'resnet20': (64, 3, 8), 'resnet32': (64, 3, 8), 'resnet44': (64, 3, 8),
     'resnet56': (64, 3, 8), 'resnet110': (64, 3, 8), 'resnet18': (512, 4, 4),
     'wrn16_4': (256, 3, 8), 'wrn28_10': (640, 3, 8),
 }

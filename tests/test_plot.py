@@ -94,6 +94,17 @@ def test_one_workdir_gives_its_most_detailed_series(plain, two_runs, dml):
   assert plot.curves([dml]) == DML
 
 
+def test_branches_are_series_of_their_own_and_branch_0_is_the_deployed_models(tmp_path):
+  workdir = _write(tmp_path / 'one', [
+      ('train', 1, _train(2.0, 0.1)),
+      ('validation', 1, {'accuracy': 0.25, 'loss': 1.75, 'branch_0/accuracy': 0.25,
+                         'branch_0/loss': 1.75, 'branch_1/accuracy': 0.2, 'branch_1/loss': 1.8,
+                         'branch_ensemble/accuracy': 0.3, 'branch_ensemble/loss': 1.7})])
+  assert plot.curves([workdir])['accuracy'] == {
+      'train': ([1], [0.1]), 'validation': ([1], [0.25]), 'branch_1 validation': ([1], [0.2]),
+      'branch_ensemble validation': ([1], [0.3])}
+
+
 def test_several_workdirs_are_named_by_their_basenames(plain, two_runs, dml):
   data = plot.curves([plain, two_runs + os.sep, dml])
   expected = [_named('plain', PLAIN), _named('runs', TWO_RUNS), _named('dml', DML)]

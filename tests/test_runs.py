@@ -98,7 +98,7 @@ def test_a_diverging_run_stops_alone_and_the_other_trains_as_it_would_alone(runs
                                                                             tmp_path):
   together = runs_config.copy_and_resolve_references()
   together.num_runs = 2
-  together.runs.loss_scale = (1.0, 1e38)  # Run 1's gradients overflow at once.
+  together.runs.loss_scale = (1.0, 3e38)  # Run 1's loss (about 2.3) overflows at once.
   workdir = str(tmp_path / 'together')
   result = train.train_and_evaluate(together, workdir)
   assert result['status'] == 'trained' and result['diverged'] == [None, 1]

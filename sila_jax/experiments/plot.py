@@ -74,6 +74,8 @@ def curves(workdirs: Sequence[str]) -> Curves:
     for record, written, n in found:
       if (n.run is not None) != has_runs or _of_peers(n) != has_peers:
         continue
+      if n.branch == 0:  # ONE's, CL-ILR's branch 0 is the deployed model, drawn already.
+        continue
       label = f"{_series(prefix, n)} {record['type']}".strip()
       panel = _CURVES[record['type']][n.metric]
       steps, values = data[panel].setdefault(label, ([], []))

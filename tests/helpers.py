@@ -7,6 +7,7 @@ import subprocess
 import sys
 import types
 
+import chex
 import flax
 import jax
 import numpy as np
@@ -194,6 +195,19 @@ def run(parallel, state, data):
     device_state, step_metrics = parallel.train_step(device_state, parallel.put_batch(batch))
     history.append(parallel.unreplicate(step_metrics))
   return jax.device_get(parallel.unreplicate(device_state)), jax.device_get(history)
+
+
+def assert_eight_devices_match_one(step_fn, state, data):
+  """Runs the step of every run on 1 and on 8 devices (shard_map) over `data`, asserts they
+  agree to the bound of the 1 vs 8 device tests, and returns the one device's (state,
+  metrics)."""
+  one_state, one_metrics = run(parallel_lib.ShardMapParallel(step_fn, jax.devices()[:1]),
+                               state, data)
+  eight_state, eight_metrics = run(parallel_lib.ShardMapParallel(step_fn, jax.devices()[:8]),
+                                   state, data)
+  chex.assert_trees_all_close(eight_state, one_state, rtol=1e-4, atol=1e-5)
+  chex.assert_trees_all_close(eight_metrics, one_metrics, rtol=1e-4, atol=1e-5)
+  return one_state, one_metrics
 
 
 # Experiment results, made up.

@@ -13,7 +13,8 @@ from sila_jax.training import optimizer as optimizer_lib
 from sila_jax.training import parallel as parallel_lib
 from sila_jax.training import train
 from sila_jax.training import train_step as train_step_lib
-from tests.helpers import batches, every_run, plain_param_count, run, setup
+from tests.helpers import (assert_eight_devices_match_one, batches, every_run, plain_param_count,
+                           run, setup)
 
 
 @pytest.fixture
@@ -74,13 +75,7 @@ def test_the_step_uses_the_attention_temperature_of_its_step_number(dy_config):
 @SHARES_THE_STEP
 def test_dy_resnet_with_sila_on_eight_devices_matches_one(dy_config):
   _, state, step_fn = annealed_step(dy_config)
-  data = batches(1)
-  one_state, one_metrics = run(parallel_lib.ShardMapParallel(step_fn, jax.devices()[:1]),
-                               state, data)
-  eight_state, eight_metrics = run(parallel_lib.ShardMapParallel(step_fn, jax.devices()[:8]),
-                                   state, data)
-  chex.assert_trees_all_close(eight_state, one_state, rtol=1e-4, atol=1e-5)
-  chex.assert_trees_all_close(eight_metrics, one_metrics, rtol=1e-4, atol=1e-5)
+  assert_eight_devices_match_one(step_fn, state, batches(1))
 
 
 @pytest.mark.slow

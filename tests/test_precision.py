@@ -26,17 +26,25 @@ def floating_dtypes(tree):
   return {x.dtype for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)}
 
 
+def one_device_step(config):
+  """(method, a function creating run 0's initial state, its step on one device) for
+  `config`: what the bfloat16 step tests run or trace."""
+  method = methods.create(config, bn_axis_name=parallel_lib.AXIS)
+  schedule = optimizer_lib.learning_rate_schedule(config, 10, 5)
+  tx = optimizer_lib.create_optimizer(config, schedule)
+  parallel = parallel_lib.ShardMapParallel(
+      one_run(train_step_lib.make_train_step(method, schedule, config), config),
+      jax.devices()[:1])
+  return method, lambda: train_step_lib.create_train_state(
+      method, tx, jax.random.PRNGKey(0), (32, 32, 3)), parallel
+
+
 @pytest.mark.slow
 def test_bfloat16_step_keeps_float32_parameters_statistics_optimizer_state_and_loss(
     tiny_config):
   tiny_config.update(dtype='bfloat16', batch_size=8)
-  method = methods.create(tiny_config, bn_axis_name=parallel_lib.AXIS)
-  schedule = optimizer_lib.learning_rate_schedule(tiny_config, 10, 5)
-  tx = optimizer_lib.create_optimizer(tiny_config, schedule)
-  state = train_step_lib.create_train_state(method, tx, jax.random.PRNGKey(0), (32, 32, 3))
-  parallel = parallel_lib.ShardMapParallel(
-      one_run(train_step_lib.make_train_step(method, schedule, tiny_config), tiny_config),
-      jax.devices()[:1])
+  _, create_state, parallel = one_device_step(tiny_config)
+  state = create_state()
   rng = np.random.default_rng(0)
   batch = {'image': rng.normal(size=(8, 32, 32, 3)).astype(np.float32),
            'label': rng.integers(0, 10, 8).astype(np.int32)}
@@ -91,14 +99,8 @@ def test_bfloat16_model_computes_in_bfloat16_and_returns_float32(tiny_config, na
 def test_bfloat16_step_of_each_neighbour_computes_in_bfloat16_and_keeps_float32(tiny_config,
                                                                                name):
   tiny_config.update(method=name, dtype='bfloat16', batch_size=8)
-  method = methods.create(tiny_config, bn_axis_name=parallel_lib.AXIS)
-  schedule = optimizer_lib.learning_rate_schedule(tiny_config, 10, 5)
-  tx = optimizer_lib.create_optimizer(tiny_config, schedule)
-  state = jax.eval_shape(lambda: train_step_lib.create_train_state(
-      method, tx, jax.random.PRNGKey(0), (32, 32, 3)))
-  parallel = parallel_lib.ShardMapParallel(
-      one_run(train_step_lib.make_train_step(method, schedule, tiny_config), tiny_config),
-      jax.devices()[:1])
+  method, create_state, parallel = one_device_step(tiny_config)
+  state = jax.eval_shape(create_state)
   batch = {'image': jax.ShapeDtypeStruct((8, 32, 32, 3), jnp.float32),
            'label': jax.ShapeDtypeStruct((8,), jnp.int32)}
   lowered = parallel.train_step.lower(state, batch)  # Traced, not compiled.

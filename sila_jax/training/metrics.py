@@ -171,7 +171,7 @@ def log_line(kind: str, metrics: dict[str, Any]) -> str:
   """'validation  accuracy 0.9312  loss 0.2543 ...': the summary a person reads; each run's
   own figures ('run_<r>/...') and each branch's stay in metrics.jsonl."""
   return '  '.join([kind] + [f'{written} {value:.4g}' for written, value in metrics.items()
-                             if parse(written).run is None and not parse(written).of_branch])
+                             if (parsed := parse(written)).run is None and not parsed.of_branch])
 
 
 class Writer:

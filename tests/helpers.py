@@ -88,8 +88,8 @@ def cli_overrides(data_dir, **fields):
   """Flags for a ResNet-8/4 on the 3-class folder data of conftest's data_dir: 48 training,
   12 validation images."""
   fields = {'data_dir': data_dir, 'num_classes': 3, 'train_split': 'train[:-4]',
-            'eval_split': 'train[-4:]', 'model': 'resnet8', 'width': 0.25, 'batch_size': 8, 'eval_batch_size': 8,
-            'log_every_steps': 1, **fields}
+            'eval_split': 'train[-4:]', 'model': 'resnet8', 'width': 0.25, 'batch_size': 8,
+            'eval_batch_size': 8, 'log_every_steps': 1, **fields}
   return [f'--config.{k}={v}' for k, v in fields.items()]
 
 

@@ -52,8 +52,8 @@ class LastStage(backbones.CifarResNet):
 class BranchedClassifier(nn.Module):
   """A CIFAR ResNet (`backbone`, a backbones.CifarResNet) and its head as branch 0, and
   `num_branches - 1` more branches under 'branches' (Branches: 'stage_<i>', a LastStage
-  copy, and 'head_<i>') on the output of the shared lower stages; with `gate`, ONE's gate under 'gate'
-  (pooled shared features -> linear -> softmax over the branches).
+  copy, and 'head_<i>') on the output of the shared lower stages; with `gate`, ONE's gate
+  under 'gate' (pooled shared features -> linear -> softmax over the branches).
 
   images (B, H, W, 3) -> (logits (B, C), {'branches': (m - 1, B, C)} and, with the gate,
   'gate': (B, m)). `trunk_grad_scale` multiplies the gradient every branch sends back into

@@ -3,7 +3,9 @@
 Two train.py / eval.py processes with 2 fake CPU devices each join through a loopback
 coordinator (JAX_COORDINATOR_ADDRESS) and exchange data through gloo; they are compared with one
 process with 4 devices, with themselves after SIGTERM and a resume, and read a corrupt
-checkpoint. Every launch is bounded in time and its process group killed on the way out.
+checkpoint; ONE, CL-ILR and BYOT (the latter two with two runs) train and evaluate in two
+processes as in one. Every launch is bounded in time and its process group killed on the way
+out.
 """
 import contextlib
 import dataclasses
@@ -34,14 +36,15 @@ TIMEOUT = 600
 STEPS = 12  # 4 epochs of 3 steps: 51 training images in 4 shards of 12, 4 per device and step.
 
 
-def overrides(data_dir):
+def overrides(data_dir, **changes):
   """ResNet-8/4, global batch 16; the 9 validation images split 5 / 4 over two processes, so
-  with 4 per process and batch one process evaluates 2 batches and the other 1 (+ 1 empty)."""
+  with 4 per process and batch one process evaluates 2 batches and the other 1 (+ 1 empty).
+  `changes` replace or add config fields."""
   fields = {'data_dir': data_dir, 'num_classes': 3, 'train_split': 'train[:-3]',
             'eval_split': 'train[-3:]', 'model': 'resnet8', 'width': 0.25, 'batch_size': 16,
             'eval_batch_size': 8,
             'log_every_steps': 1, 'num_train_steps': STEPS, 'checkpoint_every_steps': 4,
-            'eval_every_steps': 6, 'keep_checkpoints': 3}
+            'eval_every_steps': 6, 'keep_checkpoints': 3, **changes}
   return [f'--config.{k}={v}' for k, v in fields.items()]
 
 
@@ -194,6 +197,54 @@ def test_two_processes_train_evaluate_stop_and_resume_as_one_run(data_dir, tmp_p
   assert os.listdir(os.path.join(resumed, 'corrupt_checkpoints')) == [f'checkpoints_{stopped}']
   assert_same_state(saved_state(resumed, STEPS), saved_state(two, STEPS))
   assert records(resumed) == two_records
+
+
+NEIGHBOUR_STEPS = 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name, changes', [
+    ('one', {}),
+    ('clilr', {'num_runs': 2, 'runs.clilr_beta': '(0.5,0.8)'}),
+    ('byot', {'num_runs': 2, 'runs.byot_alpha': '(0.1,0.3)'}),
+])
+def test_two_processes_train_and_evaluate_each_neighbour_as_one_process(data_dir, tmp_path, name,
+                                                                         changes):
+  flags = overrides(data_dir, method=name, num_train_steps=NEIGHBOUR_STEPS,
+                    eval_every_steps=NEIGHBOUR_STEPS, **changes)
+  two, one = str(tmp_path / 'two'), str(tmp_path / 'one')
+  with contextlib.ExitStack() as stack:  # Side by side: the runs are independent.
+    two_processes = stack.enter_context(launched('train.py', two, flags, tmp_path / 'two'))
+    one_process = stack.enter_context(launched('train.py', one, flags, tmp_path / 'one',
+                                               num_processes=1, devices_per_process=4))
+    finish(two_processes, tmp_path / 'two')
+    finish(one_process, tmp_path / 'one')
+  # The same state and training metrics as one process with 4 devices, bit for bit; validation
+  # (every branch and their ensemble for ONE and CL-ILR) up to the all-reduce's rounding.
+  assert_same_state(saved_state(two, NEIGHBOUR_STEPS), saved_state(one, NEIGHBOUR_STEPS))
+  assert records(two, metrics.TRAIN) == records(one, metrics.TRAIN)
+  validation, = records(two, metrics.VALIDATION)
+  one_validation, = records(one, metrics.VALIDATION)
+  assert validation.keys() == one_validation.keys()
+  assert validation['num_examples'] == 9
+  branches = [k for k in validation if metrics.parse(k).of_branch]
+  assert bool(branches) == (name != 'byot')
+  for key, value in one_validation.items():
+    if key.endswith('accuracy') or not isinstance(value, float):
+      assert validation[key] == value, key
+    elif key.endswith('_std'):  # Over runs: a difference of losses (about 1 to 5) rounded to
+      # 1e-6, so bounded absolutely; here they differed by 8.4e-8.
+      assert validation[key] == pytest.approx(value, abs=1e-5), key
+    else:
+      assert validation[key] == pytest.approx(value, rel=1e-6), key
+
+  # eval.py in two processes reads the checkpoint as the run's validation did.
+  with launched('eval.py', two, flags, tmp_path / 'eval') as evaluation:
+    finish(evaluation, tmp_path / 'eval')
+  with open(os.path.join(two, 'eval_train_-3.json')) as f:
+    result = json.load(f)
+  for key in ['accuracy', *[k for k in branches if k.endswith('accuracy')]]:
+    assert result[key] == validation[key], key
 
 
 def test_distributed_on_without_other_processes_is_a_one_line_error(data_dir, tmp_path):

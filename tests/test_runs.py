@@ -4,6 +4,7 @@ import jax
 import numpy as np
 import pytest
 
+from sila_jax import config_checks
 from sila_jax.errors import ConfigError
 from sila_jax.evaluation import evaluate
 from sila_jax.evaluation import export
@@ -141,6 +142,32 @@ def test_runs_of_dml_peers_export_and_evaluate_each_peer_of_each_run(tiny_config
   assert evaluated['loss'] == pytest.approx(result['val']['run_1/peer_1/loss'], rel=1e-5)
   with pytest.raises(ConfigError, match='run=2, but the config has num_runs=2'):
     export.export(tiny_config, workdir, export_dir, run=2)
+
+
+# Each neighbour's numeric settings, one value per run; run 1's differ from the defaults.
+NEIGHBOUR_RUNS = {
+    'one': {'one_temperature': (3.0, 1.5)},
+    'clilr': {'clilr_beta': (0.5, 0.8), 'clilr_temperature': (2.0, 4.0)},
+    'byot': {'byot_alpha': (0.1, 0.5), 'byot_temperature': (3.0, 1.5),
+             'byot_feature_weight': (1e-6, 1e-2)},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', NEIGHBOUR_RUNS)
+def test_runs_of_a_neighbour_train_with_their_own_settings_like_alone(runs_config, tmp_path,
+                                                                      name):
+  together = runs_config.copy_and_resolve_references()
+  together.update(method=name, num_runs=2)
+  together.runs.update(NEIGHBOUR_RUNS[name])
+  workdir = str(tmp_path / 'together')
+  train.train_and_evaluate(together, workdir)
+  # Run 1 alone has its settings in the method's fields, and its first loss (which each
+  # setting changes) equals run 1's inside the computation. Here the three methods' run 1
+  # ended bit for bit as alone; the tolerances are SiLa's, measured on another CPU.
+  alone, _ = assert_trains_like_alone(together, workdir, 1, tmp_path)
+  for field, values in NEIGHBOUR_RUNS[name].items():
+    assert config_checks.get_field(alone, runs.FIELDS[field]) == values[1]
 
 
 @pytest.mark.parametrize('field, value, message', [

@@ -102,8 +102,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.runs.learning_rate = ()  # optimizer.learning_rate: the schedule's peak.
   config.runs.weight_decay = ()  # optimizer.weight_decay.
   config.runs.rescale_backbone_grad = ()  # sila.rescale_backbone_grad.
+  config.runs.one_temperature = ()  # one.temperature.
   config.runs.clilr_beta = ()  # clilr.beta.
+  config.runs.clilr_temperature = ()  # clilr.temperature.
   config.runs.byot_alpha = ()  # byot.alpha.
+  config.runs.byot_temperature = ()  # byot.temperature.
+  config.runs.byot_feature_weight = ()  # byot.feature_weight.
 
   # Optimisation.
   config.batch_size = 128  # Global, over all devices.

@@ -1,7 +1,7 @@
 """Be Your Own Teacher (Zhang et al., ICCV 2019): a shallow classifier after every stage but
 the last, each learning from the label, from the deepest classifier's soft prediction and
 from its features; the deepest classifier (the plain one) ships. Config: `byot.*`; per run:
-byot_alpha, label_smoothing."""
+byot_alpha, byot_temperature, byot_feature_weight, label_smoothing."""
 from sila_jax.methods import base
 from sila_jax.methods import losses
 from sila_jax.models import branches
@@ -25,8 +25,8 @@ class Byot(base.Method):
         model_lib.DTYPES[config.dtype], forms['peer_conv'])
 
   def loss(self, logits, outputs, labels, settings):
-    byot = self.config.byot
     return losses.byot_loss(logits, outputs['logits'], outputs['features'],
                             outputs['deep_features'], labels, alpha=settings['byot_alpha'],
-                            temperature=byot.temperature, feature_weight=byot.feature_weight,
+                            temperature=settings['byot_temperature'],
+                            feature_weight=settings['byot_feature_weight'],
                             label_smoothing=settings['label_smoothing'])

@@ -3,7 +3,7 @@
 of the last stage and classifier; the gradient they send back into the shared stages is
 divided by their number, and each learns from the label and from the others' mean soft
 prediction. Head 0 is the plain classifier and ships. Config: `clilr.*`; per run:
-clilr_beta, label_smoothing."""
+clilr_beta, clilr_temperature, label_smoothing."""
 from sila_jax.methods import branched
 from sila_jax.methods import losses
 
@@ -29,7 +29,7 @@ class ClIlr(branched.Branched):
 
   def loss(self, logits, outputs, labels, settings):
     return losses.clilr_loss(logits, outputs['branches'], labels, beta=settings['clilr_beta'],
-                             temperature=self.config.clilr.temperature,
+                             temperature=settings['clilr_temperature'],
                              label_smoothing=settings['label_smoothing'])
 
   def ensemble(self, every, outputs):

@@ -1,7 +1,8 @@
 """ONE, On-the-fly Native Ensemble (Lan, Zhu, Gong, NeurIPS 2018): `one.num_branches`
 branches share a CIFAR ResNet's lower stages, each with its own copy of the last stage and
 head; a gate weighs their logits into the ensemble teacher, which every branch distils from.
-Branch 0 is the plain classifier and ships. Config: `one.*`; per run: label_smoothing."""
+Branch 0 is the plain classifier and ships. Config: `one.*`; per run:
+one_temperature, label_smoothing."""
 from sila_jax.methods import branched
 from sila_jax.methods import losses
 
@@ -23,7 +24,7 @@ class One(branched.Branched):
 
   def loss(self, logits, outputs, labels, settings):
     return losses.one_loss(logits, outputs['branches'], outputs['gate'], labels,
-                           temperature=self.config.one.temperature,
+                           temperature=settings['one_temperature'],
                            label_smoothing=settings['label_smoothing'])
 
   def ensemble(self, every, outputs):

@@ -22,8 +22,11 @@ FIELDS = {'seed': 'seed', 'sila_weight': 'sila.weight', 'sila_kl_weight': 'sila.
           'dml_weight': 'dml.weight', 'label_smoothing': 'label_smoothing',
           'loss_scale': 'loss_scale', 'learning_rate': 'optimizer.learning_rate',
           'weight_decay': 'optimizer.weight_decay',
-          'rescale_backbone_grad': 'sila.rescale_backbone_grad', 'clilr_beta': 'clilr.beta',
-          'byot_alpha': 'byot.alpha'}
+          'rescale_backbone_grad': 'sila.rescale_backbone_grad',
+          'one_temperature': 'one.temperature',
+          'clilr_beta': 'clilr.beta', 'clilr_temperature': 'clilr.temperature',
+          'byot_alpha': 'byot.alpha', 'byot_temperature': 'byot.temperature',
+          'byot_feature_weight': 'byot.feature_weight'}
 # The most models (num_runs x dml.num_peers) one computation holds: the step applies each
 # one's convolutions on their own (kernels.peer_conv), so start-up grows with their number.
 MAX_MODELS = 256

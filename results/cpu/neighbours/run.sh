@@ -1,8 +1,8 @@
 #!/bin/bash
 # What wrote this folder: the shipped configs one, clilr and byot trained briefly on an
 # ImageFolder of the CIFAR-10 training split (DATA/train/<class>/*.jpg), then evaluated from
-# the checkpoint, exported, and the export evaluated; each method's files copied here. Run
-# from a checkout.
+# the checkpoint, exported, and the export evaluated; each method's files copied here, and
+# summary.md written from them. Run from a checkout.
 set -e
 DATA=${DATA:-/tmp/cifar10}
 OUT=${OUT:-/tmp/neighbours}
@@ -24,3 +24,4 @@ for m in one clilr byot; do
   cp "$OUT/$m/export/model.json" "$HERE/$m/export_model.json"
   cp "$OUT/$m/metrics.jsonl" "$HERE/$m/metrics.jsonl"
 done
+python "$HERE/summary.py"

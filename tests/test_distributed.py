@@ -33,6 +33,10 @@ from tests.helpers import (ROOT, largest_file, logged_steps, make_folder, saved_
 # Seconds for one launch: a hung collective fails the test, not the suite. Five processes start
 # side by side; on a loaded 2-core CI machine the preempted run took over 240 s to log step 2.
 TIMEOUT = 600
+# Each test starts several training processes; two such tests side by side put 8 on 2 cores,
+# and once then one of two processes was still finishing a checkpoint when the other's
+# shutdown barrier timed out. They share one xdist worker, so they run one after another.
+STARTS_PROCESSES = pytest.mark.xdist_group('test_distributed.processes')
 STEPS = 12  # 4 epochs of 3 steps: 51 training images in 4 shards of 12, 4 per device and step.
 
 
@@ -123,6 +127,7 @@ def assert_same_state(got, expected, **tolerance):
 
 
 @pytest.mark.slow
+@STARTS_PROCESSES
 def test_two_processes_train_evaluate_stop_and_resume_as_one_run(data_dir, tmp_path):
   flags = overrides(data_dir)
   two, one, resumed = (str(tmp_path / name) for name in ('two', 'one', 'resumed'))
@@ -203,6 +208,7 @@ NEIGHBOUR_STEPS = 4
 
 
 @pytest.mark.slow
+@STARTS_PROCESSES
 @pytest.mark.parametrize('name, changes', [
     ('one', {}),
     ('clilr', {'num_runs': 2, 'runs.clilr_beta': '(0.5,0.8)'}),

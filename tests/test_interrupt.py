@@ -50,13 +50,24 @@ def test_second_ctrl_c_stops_at_once_in_one_line(data_dir, tmp_path):
   assert 'sila_jax/training/train.py' not in log
 
 
-def test_ctrl_c_outside_training_is_one_line_and_status_130(tmp_path):
+@pytest.mark.parametrize('where', [
+    'raise KeyboardInterrupt',
+    # A second press while the command exits, landing in an object's finalizer: Python would
+    # report it as "Exception ignored in ..." with a traceback and go on.
+    'Finalized()',
+])
+def test_ctrl_c_outside_training_is_one_line_and_status_130(tmp_path, where):
   program = ('from sila_jax.commands import cli\n'
+             'class Finalized:\n'
+             '  def __del__(self):\n'
+             '    raise KeyboardInterrupt\n'
              'def main(argv):\n'
-             '  raise KeyboardInterrupt\n'
+             f'  {where}\n'
+             '  print("after")\n'
              'cli.run_command(main)\n')
   done = subprocess.run([sys.executable, '-c', program], capture_output=True, text=True)
   assert done.returncode == 130
   assert done.stderr.strip().splitlines() == [
       '-c: stopped by Ctrl-C; files it writes appear whole or not at all, and the checkpoints '
       'saved so far are intact.']
+  assert done.stdout == ''

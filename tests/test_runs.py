@@ -163,8 +163,8 @@ def test_runs_of_a_neighbour_train_with_their_own_settings_like_alone(runs_confi
   workdir = str(tmp_path / 'together')
   train.train_and_evaluate(together, workdir)
   # Run 1 alone has its settings in the method's fields, and its first loss (which each
-  # setting changes) equals run 1's inside the computation. Here the three methods' run 1
-  # ended bit for bit as alone; the tolerances are SiLa's, measured on another CPU.
+  # setting changes) equals run 1's inside the computation. Here each method's run 1 ended
+  # bit for bit as alone; the tolerances are those measured for SiLa's runs above.
   alone, _ = assert_trains_like_alone(together, workdir, 1, tmp_path)
   for field, values in NEIGHBOUR_RUNS[name].items():
     assert config_checks.get_field(alone, runs.FIELDS[field]) == values[1]

@@ -5,7 +5,7 @@ import importlib.util
 import logging
 import os
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 from absl import app
 from absl import flags
@@ -115,22 +115,36 @@ def quiet_library_logs() -> None:
     handler.addFilter(ours)
 
 
-def _drop_closed_loop_noise(unraisable) -> None:
-  # When orbax fails to read a damaged checkpoint it closes its event loop while other
-  # reads are still in flight; their late callbacks raise this. Nothing is lost by it.
-  if not (isinstance(unraisable.exc_value, RuntimeError)
-          and str(unraisable.exc_value) == 'Event loop is closed'):
-    sys.__unraisablehook__(unraisable)
+def _stopped_by_ctrl_c(command: str) -> str:
+  return (f'{command}: stopped by Ctrl-C; files it writes appear whole or not at all, and the '
+          'checkpoints saved so far are intact.')
+
+
+def _unraisable_hook(command: str) -> Callable[[Any], None]:
+  """sys.unraisablehook for `command`: Ctrl-C inside a finalizer or an atexit callback (a
+  second press while the command exits) ends it as Ctrl-C elsewhere does, in one line with
+  status 130; orbax's closed-loop noise is dropped; the rest is Python's report."""
+  def hook(unraisable) -> None:
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+      sys.stdout.flush()
+      print(_stopped_by_ctrl_c(command), file=sys.stderr, flush=True)
+      os._exit(INTERRUPTED)  # pylint: disable=protected-access
+    # When orbax fails to read a damaged checkpoint it closes its event loop while other
+    # reads are still in flight; their late callbacks raise this. Nothing is lost by it.
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == 'Event loop is closed'):
+      sys.__unraisablehook__(unraisable)
+  return hook
 
 
 def run_command(main: Callable[[list[str]], None]) -> None:
   """app.run(main), the libraries' INFO lines left out of the log (quiet_library_logs),
   printing a UserError as one line and exiting with status 1, and a KeyboardInterrupt
-  (Ctrl-C where the command does not catch it) as one line, status 130."""
-  sys.unraisablehook = _drop_closed_loop_noise
+  (Ctrl-C where the command does not catch it, even in a finalizer) as one line, status 130."""
 
   def main_reporting_user_errors(argv):
     command = os.path.basename(argv[0])
+    sys.unraisablehook = _unraisable_hook(command)
     if len(argv) > 1:
       raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
     quiet_library_logs()
@@ -139,8 +153,7 @@ def run_command(main: Callable[[list[str]], None]) -> None:
     except UserError as e:
       sys.exit(f'{command}: error: {e}')
     except KeyboardInterrupt:
-      print(f'{command}: stopped by Ctrl-C; files it writes appear whole or not at all, and '
-            'the checkpoints saved so far are intact.', file=sys.stderr)
+      print(_stopped_by_ctrl_c(command), file=sys.stderr)
       sys.exit(INTERRUPTED)
 
   app.run(main_reporting_user_errors, flags_parser=_parse_flags)

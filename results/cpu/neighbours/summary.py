@@ -3,9 +3,14 @@ copied (eval_checkpoint.json, eval_export.json, export_model.json)."""
 import json
 import os
 
+from sila_jax.training import metrics
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 METHODS = {'one': 'ONE', 'clilr': 'CL-ILR', 'byot': 'BYOT'}
-BRANCHES = ('branch_1', 'branch_2', 'branch_ensemble')  # Branch 0 is the checkpoint's figure.
+# Columns for the branches' accuracies; branch 0's is the checkpoint's own.
+BRANCHES = {'branch_1': metrics.name('accuracy', branch=1),
+            'branch_2': metrics.name('accuracy', branch=2),
+            'branch_ensemble': metrics.name('accuracy', branch_ensemble=True)}
 
 
 def read(method: str, name: str) -> dict:
@@ -15,8 +20,7 @@ def read(method: str, name: str) -> dict:
 
 def row(method: str) -> str:
   checkpoint, exported = read(method, 'eval_checkpoint.json'), read(method, 'eval_export.json')
-  branches = [f'{checkpoint[f"{b}/accuracy"]:.3f}' if f'{b}/accuracy' in checkpoint else '–'
-              for b in BRANCHES]
+  branches = [f'{checkpoint[key]:.3f}' if key in checkpoint else '–' for key in BRANCHES.values()]
   cells = [METHODS[method], f'{checkpoint["accuracy"]:.3f}', f'{exported["accuracy"]:.3f}',
            f'{checkpoint["loss"]:.4f}', *branches,
            f'{read(method, "export_model.json")["num_params"]:,}']
